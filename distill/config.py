@@ -1,0 +1,102 @@
+"""Typed settings of the training core (pydantic v2). Unknown fields are errors, so typos fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from distilnas.distill.glue import get_task
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown fields are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def check_task(name: str) -> str:
+    """Validate and normalise a GLUE task name (raises ValueError naming the known tasks)."""
+    try:
+        return get_task(name).name
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class TrainSettings(Strict):
+    """How a model is fine-tuned on a GLUE task."""
+
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the training set (fractions allowed)."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps, whatever ``epochs`` says."""
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(128, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate of AdamW (reached after warm-up, then linear decay to 0)."""
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(128, ge=8, le=512)
+    """Sequences are truncated to this many tokens; batches are padded only to their longest row."""
+    train_limit: int | None = Field(None, gt=0)
+    """Use only the first N training rows (quick runs)."""
+    seed: int = 42
+
+
+class TeacherConfig(Strict):
+    """The teacher: a HF BERT-family name or folder, or ``minilm-l6`` (bundled, offline)."""
+
+    name: str = "minilm-l6"
+    train: TrainSettings = TrainSettings()
+    """Fine-tuning settings for every task..."""
+    overrides: dict[str, dict[str, Any]] = {}
+    """...and per-task changes to them, e.g. ``{sst2: {epochs: 1}}``."""
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {check_task(k): val for k, val in v.items()}
+
+    @model_validator(mode="after")
+    def _valid_overrides(self) -> TeacherConfig:
+        for task in self.overrides:
+            self.settings_for(task)  # raises on a bad field
+        return self
+
+    def settings_for(self, task: str) -> TrainSettings:
+        """The training settings for one task: ``train`` with the task's overrides applied."""
+        changes = self.overrides.get(task, {})
+        return TrainSettings.model_validate({**self.train.model_dump(), **changes})
+
+
+class CorpusConfig(Strict):
+    """Raw text for task-agnostic distillation: local files, or a HF dataset when online."""
+
+    files: list[Path] = []
+    """Text files (.txt, .raw: one example per line or paragraph; .tsv: the first column)."""
+    hf_dataset: str | None = None
+    """A HF dataset name (e.g. ``wikitext``), used when ``files`` is empty."""
+    hf_config: str | None = None
+    hf_split: str = "train"
+    text_column: str = "text"
+    unit: Literal["line", "paragraph"] = "line"
+    min_chars: int = Field(20, ge=0)
+    """Lines or paragraphs shorter than this are dropped (WikiText's fragments)."""
+
+    @model_validator(mode="after")
+    def _has_source(self) -> CorpusConfig:
+        if not self.files and not self.hf_dataset:
+            raise ValueError("give corpus files or an hf_dataset")
+        return self
+
+
+class DataConfig(Strict):
+    """Where data comes from and where derived data is cached."""
+
+    glue_dir: Path | None = None
+    """A local GLUE folder in the classic ``glue_data/<TASK>/*.tsv`` layout; empty: the HF hub."""
+    corpus: CorpusConfig | None = None
+    cache_dir: Path | None = None
+    """Tokenized data, fine-tuned teachers, teacher outputs. Empty: $DISTILNAS_CACHE or ~/.cache/distilnas."""

@@ -1,0 +1,126 @@
+"""Measurement: latency on this device (warm-up, trimmed mean), parameter count, forward FLOPs."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from distilnas.distill.utils import default_device
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency measurement and the settings it was taken under (they travel with every figure)."""
+
+    ms: float
+    """Trimmed mean (the fastest and slowest ``trim`` fraction dropped), milliseconds per forward pass."""
+    median_ms: float
+    std_ms: float
+    batch_size: int
+    seq_len: int
+    warmup: int
+    repeats: int
+    trim: float
+    threads: int
+    device: str
+    dtype: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
+
+
+def dummy_inputs(model: nn.Module, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Full-length random token ids (no padding), seeded so every measurement sees the same input."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 30522))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, max(1001, vocab), (batch_size, seq_len), generator=g)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "token_type_ids": torch.zeros_like(ids).to(device),
+    }
+
+
+def trimmed_mean(values: list[float], trim: float) -> float:
+    """Mean after dropping the lowest and highest ``trim`` fraction (at least one value is kept)."""
+    xs = sorted(values)
+    k = int(len(xs) * trim)
+    kept = xs[k : len(xs) - k] or xs
+    return float(np.mean(kept))
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    warmup: int = 10,
+    repeats: int = 50,
+    trim: float = 0.1,
+    device: torch.device | None = None,
+) -> Latency:
+    """Forward-pass latency of ``model`` at (batch, sequence), in eval mode, on ``device``."""
+    device = device or default_device()
+    model = model.to(device).eval()
+    inputs = dummy_inputs(model, batch_size, seq_len, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(**inputs)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**inputs)
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return Latency(
+        ms=trimmed_mean(times, trim),
+        median_ms=statistics.median(times),
+        std_ms=statistics.pstdev(times),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        trim=trim,
+        threads=torch.get_num_threads(),
+        device=device_name(device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Parameters of the model (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+@torch.inference_mode()
+def count_flops(model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> int:
+    """FLOPs of one forward pass (a multiply-add counts 2), counted by torch's FLOP counter on CPU."""
+    was = next(model.parameters()).device
+    model = model.to("cpu").eval()
+    inputs = dummy_inputs(model, batch_size, seq_len, torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**inputs)
+    model.to(was)
+    return int(counter.get_total_flops())

@@ -1,0 +1,1 @@
+"""distilnas.proxies: cheap, faithful estimates of a candidate's quality."""

@@ -1,0 +1,1 @@
+"""distilnas.results: Pareto fronts, exports, reports and plots."""

@@ -1,0 +1,252 @@
+"""The ``distilnas`` command line.
+
+Every command that reports figures takes ``--json``: one JSON object on stdout, logs and progress on
+stderr. Bad input (a config field, a file, a task name) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from distilnas.distill.errors import UserError
+
+app = typer.Typer(
+    name="distilnas",
+    help="Compress BERT-family models: search layer mappings and architectures on proxies, then distil.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect the datasets distilnas reads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()  # results (tables) on stdout
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+GlueDirOpt = Annotated[
+    Path | None,
+    typer.Option("--glue-dir", help="Local GLUE folder (glue_data layout). Default: $GLUE_DIR, else the HF hub."),
+]
+
+
+def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
+    """Logs to stderr (rich), and to ``log_file`` when given; quiet third-party chatter."""
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: list[logging.Handler] = [RichHandler(console=err, show_path=False, rich_tracebacks=False)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(fh)
+    logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def emit(obj: dict[str, Any], as_json: bool, table: Table | None = None) -> None:
+    """Report a result: JSON on stdout, or a table for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    elif table is not None:
+        out.print(table)
+
+
+def glue_dir_or_env(glue_dir: Path | None) -> Path | None:
+    if glue_dir is not None:
+        return glue_dir
+    env = os.environ.get("GLUE_DIR")
+    return Path(env) if env else None
+
+
+def fmt(x: float) -> str:
+    return f"{x:.2f}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("check")
+def data_check(glue_dir: GlueDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Parse every GLUE file in the folder and print rows per task and split."""
+    from distilnas.distill.glue import count_rows
+
+    setup_logging()
+    folder = glue_dir_or_env(glue_dir)
+    if folder is None:
+        raise UserError("--glue-dir: no GLUE folder given and GLUE_DIR is not set")
+    counts = count_rows(folder)
+    if not counts:
+        raise UserError(f"{folder}: no GLUE task folders found (expected CoLA/, SST-2/, ...)")
+    table = Table(title=f"GLUE rows in {folder}")
+    order = ["train", "validation", "validation_matched", "validation_mismatched", "test", "test_matched"]
+    splits = sorted({s for c in counts.values() for s in c}, key=lambda s: order.index(s) if s in order else 99)
+    table.add_column("task")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for task, c in counts.items():
+        table.add_row(task, *[f"{c[s]:,}" if s in c else "-" for s in splits])
+    emit({"glue_dir": str(folder), "rows": counts}, as_json, table)
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@app.command()
+def teacher(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    task: Annotated[list[str], typer.Option("--task", "-t", help="GLUE task; repeat for several.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the config's teacher on GLUE tasks, cache it, and score it on dev.
+
+    A teacher already fine-tuned with the same (teacher, task, data, settings) comes from the cache.
+    """
+    from distilnas.distill.glue import get_task
+    from distilnas.distill.metrics import glue_average
+    from distilnas.distill.teacher import fine_tuned_teacher, resolve
+    from distilnas.search.config import load_config
+
+    cfg = load_config(config)
+    tasks = [get_task(t) for t in task]  # every name checked before any work
+    setup_logging(cfg.output_dir / "logs" / "teacher.log")
+    log = logging.getLogger("distilnas.teacher")
+    source = resolve(cfg.teacher.name)
+    results: dict[str, Any] = {}
+    for t in tasks:
+        log.info("teacher %s on %s", source.name, t.name)
+        ft, cached = fine_tuned_teacher(source, t, cfg.teacher.settings_for(t.name), cfg.data.glue_dir, cfg.cache_dir)
+        log.info("%s %s: %s (%s)", t.name, "cached" if cached else "trained", ft.metrics, ft.path)
+        results[t.name] = {"metrics": ft.metrics, "path": str(ft.path), "cached": cached, "fingerprint": ft.fingerprint}
+    average = glue_average({k: v["metrics"] for k, v in results.items()})
+    table = Table(title=f"teacher {source.name} (dev)")
+    for col in ("task", "metrics", "cached", "path"):
+        table.add_column(col)
+    for name, r in results.items():
+        metrics = ", ".join(f"{k} {fmt(v)}" for k, v in r["metrics"].items())
+        table.add_row(name, metrics, "yes" if r["cached"] else "no", r["path"])
+    table.caption = f"GLUE average over these tasks: {fmt(average)}"
+    emit({"teacher": source.name, "tasks": results, "glue_average": average}, as_json, table)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="HF model name, model folder, or 'minilm-l6'.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="GLUE task.")],
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Fine-tune on train first.")] = True,
+    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 3.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    max_length: Annotated[int, typer.Option(help="Maximum tokens per example.")] = 128,
+    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training rows.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Also write test-set predictions (GLUE server format) into this folder.")
+    ] = None,
+    glue_dir: GlueDirOpt = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default $DISTILNAS_CACHE).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune MODEL on a GLUE task's train set and score its dev set (or only score, with --no-train)."""
+    from distilnas.distill.config import TrainSettings
+    from distilnas.distill.data import tokenize_split
+    from distilnas.distill.finetune import finetune_and_evaluate, predict
+    from distilnas.distill.glue import get_task, predictions_to_labels, write_submission
+    from distilnas.distill.teacher import has_head_for, load_for_task, load_tokenizer, resolve
+    from distilnas.distill.utils import default_cache_dir
+
+    setup_logging()
+    t = get_task(task)
+    if predictions is not None and predictions.exists() and any(predictions.iterdir()):
+        raise UserError(f"{predictions}: predictions folder exists and is not empty")
+    settings = TrainSettings(
+        epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_limit=train_limit, seed=seed
+    )
+    source = resolve(model)
+    tok = load_tokenizer(source)
+    net = load_for_task(source, t)
+    if not train and not (source.has_weights and has_head_for(net, t)):
+        raise UserError(f"{model}: has no trained {t.name} head ({t.num_labels} labels); drop --no-train")
+    cache = cache_dir or default_cache_dir()
+    gdir = glue_dir_or_env(glue_dir)
+    result, figures = finetune_and_evaluate(net, tok, t, settings, gdir, cache, do_train=train)
+    written = []
+    if predictions is not None:
+        for split in t.test_splits:
+            ts = tokenize_split(t, split, tok, max_length, gdir, cache)
+            logits, idx = predict(net, ts, settings.eval_batch_size, tok.pad_token_id or 0)
+            written.append(str(write_submission(t, split, idx, predictions_to_labels(t, logits), predictions)))
+    table = Table(title=f"{model} on {t.name} (dev)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, fmt(v))
+    emit({"model": model, "task": t.name, "metrics": result.metrics, "train": figures, "predictions": written},
+         as_json, table)
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@app.command()
+def latency(
+    model: Annotated[str, typer.Argument(help="HF model name, model folder (config.json alone: random weights), or 'minilm-l6'.")],
+    batch: Annotated[list[int], typer.Option("--batch", "-b", help="Batch size; repeat for several.")] = [1, 32],  # noqa: B006
+    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 128,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up passes.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed passes.")] = 30,
+    trim: Annotated[float, typer.Option(help="Fraction dropped at each end before the mean.")] = 0.1,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure latency (trimmed mean of forward passes), parameters and FLOPs of MODEL's encoder."""
+    import torch
+
+    from distilnas.distill.measure import count_flops, count_parameters, measure_latency
+    from distilnas.distill.teacher import load_encoder, resolve
+
+    setup_logging()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    source = resolve(model)
+    net = load_encoder(source, allow_random=True)
+    params = count_parameters(net)
+    rows = []
+    for b in batch:
+        lat = measure_latency(net, b, seq_len, warmup=warmup, repeats=repeats, trim=trim)
+        rows.append({**lat.as_dict(), "flops": count_flops(net, b, seq_len)})
+    table = Table(title=f"{model}: {params / 1e6:.2f}M parameters")
+    for col in ("batch", "seq", "ms (trimmed mean)", "median ms", "GFLOPs", "threads", "device"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["batch_size"]), str(r["seq_len"]), fmt(r["ms"]), fmt(r["median_ms"]),
+                      fmt(r["flops"] / 1e9), str(r["threads"]), r["device"])
+    emit({"model": model, "parameters": params, "random_weights": not source.has_weights, "latency": rows},
+         as_json, table)
+
+
+def main() -> None:
+    """Entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as exc:
+        err.print(f"distilnas: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,166 @@
+"""The run configuration: one YAML file, validated before any work starts.
+
+Strings may use ``${NAME}`` or ``${NAME:-default}`` to read environment variables (``GLUE_DIR``).
+A bad field fails with its path and the reason, e.g. ``final.tasks[2]: unknown GLUE task 'sst3'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from distilnas.distill.config import DataConfig, Strict, TeacherConfig, TrainSettings, check_task
+from distilnas.distill.errors import ConfigError
+from distilnas.distill.utils import default_cache_dir, fingerprint
+from distilnas.proxies.config import ProxyConfig
+
+
+class MappingSearchConfig(Strict):
+    """The genetic-algorithm layer-mapping search."""
+
+    student_layers: int = Field(3, gt=0)
+    student_hidden: int | None = Field(None, gt=0)
+    """Hidden size of the student; empty: the teacher's (so layers can be copied)."""
+    population: int = Field(8, gt=1)
+    generations: int = Field(3, gt=0)
+    crossover: float = Field(0.7, ge=0, le=1)
+    mutation: float = Field(0.3, ge=0, le=1)
+    tournament: int = Field(3, gt=1)
+    hall_of_fame: int = Field(3, gt=0)
+    monotone: bool = True
+    mode: Literal["task-agnostic", "task-specific"] = "task-agnostic"
+
+    @model_validator(mode="after")
+    def _sizes(self) -> MappingSearchConfig:
+        if self.population < self.tournament:
+            raise ValueError(f"population ({self.population}) is smaller than the tournament ({self.tournament})")
+        return self
+
+
+class SearchConfig(Strict):
+    mapping: MappingSearchConfig = MappingSearchConfig()
+
+
+class FinalConfig(Strict):
+    """The final stage: chosen students fully distilled and scored on these GLUE tasks."""
+
+    tasks: list[str] = ["mrpc", "rte", "sst2"]
+    train: TrainSettings = TrainSettings()
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        return [check_task(t) for t in v]
+
+
+class RayConfig(Strict):
+    """Where trials run: ``address`` empty starts Ray on this machine; ``auto`` or host:port joins a cluster."""
+
+    address: str | None = None
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, gt=0)
+
+
+class StorageConfig(Strict):
+    """The Optuna storage: empty ``url`` is a JournalStorage file in the run folder; else an RDB URL."""
+
+    url: str | None = None
+    study_prefix: str = "distilnas"
+
+
+class RunConfig(Strict):
+    """One distilnas run."""
+
+    teacher: TeacherConfig = TeacherConfig()
+    data: DataConfig = DataConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    search: SearchConfig = SearchConfig()
+    final: FinalConfig = FinalConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+    output_dir: Path = Path("runs/default")
+    seed: int = 0
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data.cache_dir or default_cache_dir()
+
+    def config_hash(self) -> str:
+        """A fingerprint of every setting, to tell one run's folder from another's."""
+        return fingerprint(self.model_dump(mode="json"))
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, path: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV.sub(sub, value)
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location tuple as a field path: ``('final', 'tasks', 2)`` -> ``final.tasks[2]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(root)"
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error as ``path: reason``, and how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    reason = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        reason = "unknown field"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{error_path(first['loc'])}: {reason}{more}"
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a parsed config tree (after environment expansion)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(expand_env(data))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config; every error names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, str(path))

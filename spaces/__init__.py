@@ -1,0 +1,1 @@
+"""distilnas.spaces: what is searched (layer mappings, supernet operations, Kronecker shapes)."""
