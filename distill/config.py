@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distilnas.distill.glue import get_task
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location tuple as a field path: ``('final', 'tasks', 2)`` -> ``final.tasks[2]``."""
+    out = ""
+    for part in loc:
+        if part == "[key]":  # pydantic marks a bad dict key after the key itself
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(root)"
+
+
+def describe(exc: ValidationError) -> str:
+    """The first error as ``path: reason`` on one line, and how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    reason = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        reason = "unknown field"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{error_path(first['loc'])}: {reason}{more}"
 
 
 class Strict(BaseModel):
@@ -22,6 +51,10 @@ def check_task(name: str) -> str:
         return get_task(name).name
     except ValueError as exc:
         raise ValueError(str(exc)) from None
+
+
+TaskName = Annotated[str, AfterValidator(check_task)]
+"""A GLUE task name, normalised (``SST-2`` -> ``sst2``); an unknown one fails with the known list."""
 
 
 class TrainSettings(Strict):
@@ -51,19 +84,18 @@ class TeacherConfig(Strict):
     name: str = "minilm-l6"
     train: TrainSettings = TrainSettings()
     """Fine-tuning settings for every task..."""
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[TaskName, dict[str, Any]] = {}
     """...and per-task changes to them, e.g. ``{sst2: {epochs: 1}}``."""
 
     @field_validator("overrides")
     @classmethod
-    def _known_tasks(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {check_task(k): val for k, val in v.items()}
-
-    @model_validator(mode="after")
-    def _valid_overrides(self) -> TeacherConfig:
-        for task in self.overrides:
-            self.settings_for(task)  # raises on a bad field
-        return self
+    def _valid_overrides(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for task, changes in v.items():
+            try:
+                TrainSettings.model_validate({**TrainSettings().model_dump(), **changes})
+            except ValidationError as exc:
+                raise ValueError(f"{task}.{describe(exc)}") from None
+        return v
 
     def settings_for(self, task: str) -> TrainSettings:
         """The training settings for one task: ``train`` with the task's overrides applied."""

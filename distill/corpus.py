@@ -37,7 +37,8 @@ def read_text_file(path: str | Path, unit: str = "line", min_chars: int = 20) ->
     elif unit == "line":
         examples = [line.strip() for line in lines if not is_heading(line)]
     else:
-        examples, current = [], []
+        examples = []
+        current: list[str] = []
         for line in [*lines, ""]:
             if not line.strip() or is_heading(line):
                 if current:
@@ -63,9 +64,13 @@ def load_corpus(config: CorpusConfig) -> list[str]:
     try:
         ds = load_dataset(config.hf_dataset, config.hf_config, split=config.hf_split)
     except Exception as exc:
-        raise DataError(f"{config.hf_dataset}: cannot load corpus from the hub ({type(exc).__name__})") from exc
+        raise DataError(
+            f"{config.hf_dataset}: cannot load corpus from the hub ({type(exc).__name__})"
+        ) from exc
     if config.text_column not in ds.column_names:
-        raise DataError(f"{config.hf_dataset}: no column {config.text_column!r} ({', '.join(ds.column_names)})")
+        raise DataError(
+            f"{config.hf_dataset}: no column {config.text_column!r} ({', '.join(ds.column_names)})"
+        )
     return [
         t.strip()
         for t in ds[config.text_column]

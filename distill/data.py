@@ -125,7 +125,12 @@ class LengthBucketBatches:
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0, pool: int = 50
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        pool: int = 50,
     ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size

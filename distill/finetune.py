@@ -34,7 +34,7 @@ class EvalResult:
 def _loader(split: TokenizedSplit, batch_size: int, shuffle: bool, seed: int, pad_id: int) -> DataLoader:
     sampler = LengthBucketBatches(split.lengths, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(
-        split.dataset.select_columns(["input_ids", "token_type_ids", "label"]),  # type: ignore[arg-type]
+        split.dataset.select_columns(["input_ids", "token_type_ids", "label"]),
         batch_sampler=sampler,
         collate_fn=lambda rows: collate(rows, pad_id),
     )
@@ -97,7 +97,10 @@ def train(
             "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
             "weight_decay": settings.weight_decay,
         },
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+            "weight_decay": 0.0,
+        },
     ]
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
@@ -143,7 +146,7 @@ def finetune_and_evaluate(
 ) -> tuple[EvalResult, dict[str, float]]:
     """Fine-tune on the task's train split (unless ``do_train`` is off), then score every eval split."""
     pad_id = tokenizer.pad_token_id or 0
-    model.to(default_device())
+    model.to(default_device())  # type: ignore[arg-type]
     figures: dict[str, float] = {}
     if do_train:
         if task.train_split is None:

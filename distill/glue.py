@@ -161,7 +161,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
                 "validation_mismatched": TsvLayout(
                     "dev_mismatched.tsv", texts=("sentence1", "sentence2"), label="gold_label"
                 ),
-                "test_matched": TsvLayout("test_matched.tsv", texts=("sentence1", "sentence2"), index="index"),
+                "test_matched": TsvLayout(
+                    "test_matched.tsv", texts=("sentence1", "sentence2"), index="index"
+                ),
                 "test_mismatched": TsvLayout(
                     "test_mismatched.tsv", texts=("sentence1", "sentence2"), index="index"
                 ),
@@ -389,7 +391,11 @@ def predictions_to_labels(task: GlueTask, logits: np.ndarray) -> np.ndarray:
 
 
 def write_submission(
-    task: GlueTask, split: str, idx: Sequence[int], preds: Sequence[float], out_dir: str | Path
+    task: GlueTask,
+    split: str,
+    idx: Sequence[int] | np.ndarray,
+    preds: Sequence[float] | np.ndarray,
+    out_dir: str | Path,
 ) -> Path:
     """Write test-set predictions in the GLUE server's format (``index\\tprediction``), atomically."""
     if split not in task.submission:

@@ -42,7 +42,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-def dummy_inputs(model: nn.Module, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+def dummy_inputs(
+    model: nn.Module, batch_size: int, seq_len: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Full-length random token ids (no padding), seeded so every measurement sees the same input."""
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 30522))
     g = torch.Generator().manual_seed(0)

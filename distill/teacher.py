@@ -88,7 +88,9 @@ def resolve(name: str | Path) -> ModelSource:
     try:
         AutoConfig.from_pretrained(key)
     except Exception as exc:
-        raise UserError(f"{key}: neither a model folder nor reachable on the hub ({type(exc).__name__})") from None
+        raise UserError(
+            f"{key}: neither a model folder nor reachable on the hub ({type(exc).__name__})"
+        ) from None
     return ModelSource(key, key, False, True)
 
 
@@ -99,9 +101,18 @@ def load_tokenizer(source: ModelSource, fallback_vocab: str | Path | None = None
     except (OSError, ValueError, TypeError):
         if fallback_vocab is None:
             raise UserError(f"{source.location}: no tokenizer in the model folder") from None
-        from transformers import BertTokenizerFast
+        return wordpiece_tokenizer(fallback_vocab)
 
-        return BertTokenizerFast(vocab_file=str(fallback_vocab), do_lower_case=True)
+
+def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = True) -> PreTrainedTokenizerBase:
+    """A BERT WordPiece tokenizer from a vocab.txt (e.g. ../shared/data/models/bert-uncased-vocab)."""
+    from transformers import BertTokenizer
+
+    # transformers 5 takes the vocabulary as ``vocab`` and silently ignores ``vocab_file``.
+    tok = BertTokenizer(vocab=str(vocab_file), do_lower_case=lowercase)
+    if tok.convert_tokens_to_ids("the") == tok.unk_token_id:
+        raise UserError(f"{vocab_file}: not a WordPiece vocabulary (no 'the')")
+    return tok
 
 
 def load_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from distilnas.distill.config import Strict, check_task
+from distilnas.distill.config import Strict, TaskName
 
 
 class ProxyConfig(Strict):
     """A seeded corpus sample and a few small GLUE tasks with train subsets and step budgets."""
 
-    tasks: list[str] = ["mrpc", "rte", "stsb"]
+    tasks: list[TaskName] = Field(["mrpc", "rte", "stsb"], min_length=1)
     """Representative GLUE tasks the fitness averages over (their dev sets score a candidate)."""
     corpus_fraction: float = Field(0.1, gt=0, le=1)
     """Fraction of the corpus used for general distillation in the proxy."""
@@ -20,10 +20,3 @@ class ProxyConfig(Strict):
     """Optimizer steps of general distillation on the corpus sample."""
     task_steps: int = Field(200, gt=0)
     """Optimizer steps of fine-tuning or task distillation on each proxy task."""
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one proxy task is needed")
-        return [check_task(t) for t in v]

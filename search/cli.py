@@ -36,7 +36,9 @@ err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 GlueDirOpt = Annotated[
     Path | None,
-    typer.Option("--glue-dir", help="Local GLUE folder (glue_data layout). Default: $GLUE_DIR, else the HF hub."),
+    typer.Option(
+        "--glue-dir", help="Local GLUE folder (glue_data layout). Default: $GLUE_DIR, else the HF hub."
+    ),
 ]
 
 
@@ -95,7 +97,9 @@ def data_check(glue_dir: GlueDirOpt = None, as_json: JsonOpt = False) -> None:
         raise UserError(f"{folder}: no GLUE task folders found (expected CoLA/, SST-2/, ...)")
     table = Table(title=f"GLUE rows in {folder}")
     order = ["train", "validation", "validation_matched", "validation_mismatched", "test", "test_matched"]
-    splits = sorted({s for c in counts.values() for s in c}, key=lambda s: order.index(s) if s in order else 99)
+    splits = sorted(
+        {s for c in counts.values() for s in c}, key=lambda s: order.index(s) if s in order else 99
+    )
     table.add_column("task")
     for s in splits:
         table.add_column(s, justify="right")
@@ -130,9 +134,16 @@ def teacher(
     results: dict[str, Any] = {}
     for t in tasks:
         log.info("teacher %s on %s", source.name, t.name)
-        ft, cached = fine_tuned_teacher(source, t, cfg.teacher.settings_for(t.name), cfg.data.glue_dir, cfg.cache_dir)
+        ft, cached = fine_tuned_teacher(
+            source, t, cfg.teacher.settings_for(t.name), cfg.data.glue_dir, cfg.cache_dir
+        )
         log.info("%s %s: %s (%s)", t.name, "cached" if cached else "trained", ft.metrics, ft.path)
-        results[t.name] = {"metrics": ft.metrics, "path": str(ft.path), "cached": cached, "fingerprint": ft.fingerprint}
+        results[t.name] = {
+            "metrics": ft.metrics,
+            "path": str(ft.path),
+            "cached": cached,
+            "fingerprint": ft.fingerprint,
+        }
     average = glue_average({k: v["metrics"] for k, v in results.items()})
     table = Table(title=f"teacher {source.name} (dev)")
     for col in ("task", "metrics", "cached", "path"):
@@ -159,7 +170,8 @@ def evaluate(
     train_limit: Annotated[int | None, typer.Option(help="Use only the first N training rows.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     predictions: Annotated[
-        Path | None, typer.Option(help="Also write test-set predictions (GLUE server format) into this folder.")
+        Path | None,
+        typer.Option(help="Also write test-set predictions (GLUE server format) into this folder."),
     ] = None,
     glue_dir: GlueDirOpt = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default $DISTILNAS_CACHE).")] = None,
@@ -193,14 +205,19 @@ def evaluate(
         for split in t.test_splits:
             ts = tokenize_split(t, split, tok, max_length, gdir, cache)
             logits, idx = predict(net, ts, settings.eval_batch_size, tok.pad_token_id or 0)
-            written.append(str(write_submission(t, split, idx, predictions_to_labels(t, logits), predictions)))
+            written.append(
+                str(write_submission(t, split, idx, predictions_to_labels(t, logits), predictions))
+            )
     table = Table(title=f"{model} on {t.name} (dev)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.metrics.items():
         table.add_row(k, fmt(v))
-    emit({"model": model, "task": t.name, "metrics": result.metrics, "train": figures, "predictions": written},
-         as_json, table)
+    emit(
+        {"model": model, "task": t.name, "metrics": result.metrics, "train": figures, "predictions": written},
+        as_json,
+        table,
+    )
 
 
 # --------------------------------------------------------------------------- latency
@@ -208,8 +225,16 @@ def evaluate(
 
 @app.command()
 def latency(
-    model: Annotated[str, typer.Argument(help="HF model name, model folder (config.json alone: random weights), or 'minilm-l6'.")],
-    batch: Annotated[list[int], typer.Option("--batch", "-b", help="Batch size; repeat for several.")] = [1, 32],  # noqa: B006
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="HF model name, model folder (config.json alone: random weights), or 'minilm-l6'."
+        ),
+    ],
+    batch: Annotated[
+        list[int] | None,
+        typer.Option("--batch", "-b", help="Batch size; repeat for several (default 1 and 32)."),
+    ] = None,
     seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 128,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up passes.")] = 10,
     repeats: Annotated[int, typer.Option(help="Timed passes.")] = 30,
@@ -230,17 +255,27 @@ def latency(
     net = load_encoder(source, allow_random=True)
     params = count_parameters(net)
     rows = []
-    for b in batch:
+    for b in batch or [1, 32]:
         lat = measure_latency(net, b, seq_len, warmup=warmup, repeats=repeats, trim=trim)
         rows.append({**lat.as_dict(), "flops": count_flops(net, b, seq_len)})
     table = Table(title=f"{model}: {params / 1e6:.2f}M parameters")
     for col in ("batch", "seq", "ms (trimmed mean)", "median ms", "GFLOPs", "threads", "device"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["batch_size"]), str(r["seq_len"]), fmt(r["ms"]), fmt(r["median_ms"]),
-                      fmt(r["flops"] / 1e9), str(r["threads"]), r["device"])
-    emit({"model": model, "parameters": params, "random_weights": not source.has_weights, "latency": rows},
-         as_json, table)
+        table.add_row(
+            str(r["batch_size"]),
+            str(r["seq_len"]),
+            fmt(r["ms"]),
+            fmt(r["median_ms"]),
+            fmt(r["flops"] / 1e9),
+            str(r["threads"]),
+            r["device"],
+        )
+    emit(
+        {"model": model, "parameters": params, "random_weights": not source.has_weights, "latency": rows},
+        as_json,
+        table,
+    )
 
 
 def main() -> None:

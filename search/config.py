@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from distilnas.distill.config import DataConfig, Strict, TeacherConfig, TrainSettings, check_task
+from distilnas.distill.config import DataConfig, Strict, TaskName, TeacherConfig, TrainSettings, describe
 from distilnas.distill.errors import ConfigError
 from distilnas.distill.utils import default_cache_dir, fingerprint
 from distilnas.proxies.config import ProxyConfig
@@ -38,7 +38,9 @@ class MappingSearchConfig(Strict):
     @model_validator(mode="after")
     def _sizes(self) -> MappingSearchConfig:
         if self.population < self.tournament:
-            raise ValueError(f"population ({self.population}) is smaller than the tournament ({self.tournament})")
+            raise ValueError(
+                f"population ({self.population}) is smaller than the tournament ({self.tournament})"
+            )
         return self
 
 
@@ -49,17 +51,12 @@ class SearchConfig(Strict):
 class FinalConfig(Strict):
     """The final stage: chosen students fully distilled and scored on these GLUE tasks."""
 
-    tasks: list[str] = ["mrpc", "rte", "sst2"]
+    tasks: list[TaskName] = Field(["mrpc", "rte", "sst2"], min_length=1)
     train: TrainSettings = TrainSettings()
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, v: list[str]) -> list[str]:
-        return [check_task(t) for t in v]
 
 
 class RayConfig(Strict):
-    """Where trials run: ``address`` empty starts Ray on this machine; ``auto`` or host:port joins a cluster."""
+    """Where trials run: no ``address`` starts Ray here; ``auto`` or ``host:port`` joins a cluster."""
 
     address: str | None = None
     cpus_per_trial: float = Field(1.0, gt=0)
@@ -117,25 +114,6 @@ def expand_env(value: Any, path: str = "") -> Any:
         raise ConfigError(f"{path}: environment variable {name} is not set")
 
     return _ENV.sub(sub, value)
-
-
-def error_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's location tuple as a field path: ``('final', 'tasks', 2)`` -> ``final.tasks[2]``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(root)"
-
-
-def describe(exc: ValidationError) -> str:
-    """The first error as ``path: reason``, and how many more there are."""
-    errors = exc.errors()
-    first = errors[0]
-    reason = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if first["type"] == "extra_forbidden":
-        reason = "unknown field"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{error_path(first['loc'])}: {reason}{more}"
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:

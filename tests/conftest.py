@@ -24,10 +24,18 @@ def glue_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS}"
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT with random weights and the BERT uncased tokenizer, saved as a folder."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
+
+    from distilnas.distill.teacher import wordpiece_tokenizer
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -40,7 +48,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(VOCAB), do_lower_case=True).save_pretrained(folder)
+    wordpiece_tokenizer(VOCAB).save_pretrained(folder)
     return folder
 
 

@@ -93,7 +93,7 @@ def test_wrong_field_count_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_folder_and_split(tmp_path: Path, glue_dir: Path) -> None:
-    with pytest.raises(DataError, match="QNLI/train.tsv: missing"):
+    with pytest.raises(DataError, match=r"QNLI/train\.tsv: missing"):
         load_split("qnli", "train", glue_dir)
     with pytest.raises(DataError, match="no QQP folder"):
         load_split("qqp", "train", glue_dir)
