@@ -48,7 +48,8 @@ def dummy_inputs(
     """Full-length random token ids (no padding), seeded so every measurement sees the same input."""
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 30522))
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, max(1001, vocab), (batch_size, seq_len), generator=g)
+    low = 1000 if vocab > 2000 else 1  # skip BERT's special and unused tokens when the vocabulary has them
+    ids = torch.randint(low, vocab, (batch_size, seq_len), generator=g)
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),

@@ -29,7 +29,7 @@ from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import finetune_and_evaluate
 from distilnas.distill.glue import GlueTask
-from distilnas.distill.utils import atomic_dir, atomic_write_json, file_digest, fingerprint
+from distilnas.distill.utils import atomic_dir, atomic_write_json, file_digest, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,12 @@ def load_encoder(source: ModelSource, allow_random: bool = False) -> PreTrainedM
     return AutoModel.from_config(load_config(source))
 
 
-def load_for_task(source: ModelSource, task: GlueTask) -> PreTrainedModel:
-    """A sequence-classification model for ``task``: a regression head for STS-B, labels named."""
+def load_for_task(source: ModelSource, task: GlueTask, seed: int = 0) -> PreTrainedModel:
+    """A sequence-classification model for ``task``: a regression head for STS-B, labels named.
+
+    A new head is initialised from ``seed``, so the same seed gives the same model.
+    """
+    seed_everything(seed)
     kwargs: dict[str, Any] = {"num_labels": task.num_labels}
     if task.label_names is not None:
         kwargs["id2label"] = dict(enumerate(task.label_names))
@@ -144,11 +148,14 @@ def load_for_task(source: ModelSource, task: GlueTask) -> PreTrainedModel:
     return AutoModelForSequenceClassification.from_pretrained(source.location, config=config)
 
 
-def has_head_for(model: PreTrainedModel, task: GlueTask) -> bool:
-    """Whether a loaded classification model's head already fits ``task`` (for scoring without training)."""
-    return model.config.num_labels == task.num_labels and (
-        (model.config.problem_type == "regression") == task.is_regression
-    )
+def has_head_for(source: ModelSource, task: GlueTask) -> bool:
+    """Whether the saved model carries a trained sequence-classification head that fits ``task``."""
+    if not source.has_weights:
+        return False
+    config = AutoConfig.from_pretrained(source.location)
+    trained_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    regression = config.problem_type == "regression"
+    return trained_head and config.num_labels == task.num_labels and regression == task.is_regression
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def fine_tuned_teacher(
         return FineTunedTeacher(path, task.name, key, record["metrics"], record), True
 
     tokenizer = load_tokenizer(source)
-    model = load_for_task(source, task)
+    model = load_for_task(source, task, settings.seed)
     start = time.perf_counter()
     result, figures = finetune_and_evaluate(model, tokenizer, task, settings, glue_dir, cache_dir)
     record = {

@@ -193,10 +193,10 @@ def evaluate(
         epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_limit=train_limit, seed=seed
     )
     source = resolve(model)
-    tok = load_tokenizer(source)
-    net = load_for_task(source, t)
-    if not train and not (source.has_weights and has_head_for(net, t)):
+    if not train and not has_head_for(source, t):
         raise UserError(f"{model}: has no trained {t.name} head ({t.num_labels} labels); drop --no-train")
+    tok = load_tokenizer(source)
+    net = load_for_task(source, t, seed)
     cache = cache_dir or default_cache_dir()
     gdir = glue_dir_or_env(glue_dir)
     result, figures = finetune_and_evaluate(net, tok, t, settings, gdir, cache, do_train=train)
@@ -280,8 +280,13 @@ def latency(
 
 def main() -> None:
     """Entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
+    from pydantic import ValidationError
+
+    from distilnas.distill.config import describe
+
     try:
         app()
-    except UserError as exc:
-        err.print(f"distilnas: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    except (UserError, ValidationError) as exc:
+        message = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        err.print(f"distilnas: error: {message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
