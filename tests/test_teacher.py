@@ -40,7 +40,7 @@ def test_minilm_alias_resolves_offline() -> None:
 def test_bad_names(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="model folder not found"):
         resolve(str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match=r"no config\.json"):
         resolve(str(tmp_path))
     with pytest.raises(UserError, match="neither a model folder nor reachable"):
         resolve("no-such-org/no-such-model-xyz")
@@ -94,7 +94,8 @@ def run_cli(*args: str, env_glue: Path | None = None) -> subprocess.CompletedPro
 def test_teacher_cli_trains_then_reuses(tiny_bert: Path, glue_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "t.yaml"
     cfg.write_text(
-        f"teacher:\n  name: {tiny_bert}\n  train: {{epochs: 1, train_limit: 32, batch_size: 16, max_length: 48}}\n"
+        f"teacher:\n  name: {tiny_bert}\n"
+        "  train: {epochs: 1, train_limit: 32, batch_size: 16, max_length: 48}\n"
         f"data:\n  glue_dir: {glue_dir}\n  cache_dir: {tmp_path / 'cache'}\noutput_dir: {tmp_path / 'run'}\n"
     )
     first = run_cli("teacher", str(cfg), "-t", "wnli", "-t", "STS-B", "--json")
