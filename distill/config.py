@@ -132,3 +132,52 @@ class DataConfig(Strict):
     corpus: CorpusConfig | None = None
     cache_dir: Path | None = None
     """Tokenized data, fine-tuned teachers, teacher outputs. Empty: $DISTILNAS_CACHE or ~/.cache/distilnas."""
+
+
+def _known_losses(weights: dict[str, float]) -> dict[str, float]:
+    from distilnas.distill.losses import LOSSES
+
+    for name, w in weights.items():
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+        if w < 0:
+            raise ValueError(f"{name}: a loss weight cannot be negative")
+    if not any(weights.values()):
+        raise ValueError("at least one loss needs a positive weight")
+    return weights
+
+
+LossWeights = Annotated[dict[str, float], AfterValidator(_known_losses)]
+"""Loss name -> weight, names from ``distilnas.distill.losses.LOSSES``."""
+
+
+class DistillSettings(Strict):
+    """One distillation stage: what is matched (loss weights) and how the student is optimised."""
+
+    losses: LossWeights = {"embedding_mse": 1.0, "hidden_mse": 1.0, "minilm_relation": 1.0}
+    steps: int | None = Field(None, gt=0)
+    """Optimizer steps; empty: ``epochs`` passes over the data."""
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    """Softens both distributions in ``prediction_ce``."""
+    relation_heads: int = Field(8, gt=0)
+    """MiniLMv2 relation heads; must divide both the student's and the teacher's hidden size."""
+    pad_to: int | None = Field(None, gt=0)
+    """Pad every batch to this length; empty: dynamic padding with length-bucketed batches."""
+    checkpoint_every: int = Field(200, ge=0)
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    seed: int = 0
+
+
+class TaskDistillConfig(Strict):
+    """TinyBERT's task distillation: intermediate layers first, then the prediction layer."""
+
+    intermediate: DistillSettings = DistillSettings(
+        losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}, epochs=3
+    )
+    prediction: DistillSettings = DistillSettings(losses={"prediction_ce": 1.0}, epochs=3, lr=5e-5)

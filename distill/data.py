@@ -161,3 +161,35 @@ class LengthBucketBatches:
             batches.extend(chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size))
         for i in rng.permutation(len(batches)):
             yield batches[i].tolist()
+
+
+def tokenize_texts(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: str | Path | None = None,
+    name: str = "corpus",
+) -> Dataset:
+    """Tokenize raw text (one example per string) for general distillation; cached under ``cache_dir``."""
+    key = fingerprint(
+        "texts-tokenized-v1", fingerprint(list(texts)), tokenizer_fingerprint(tokenizer), max_length
+    )
+    path = Path(cache_dir) / "tokenized" / f"{name}-{key}" if cache_dir else None
+    if path is not None and (path / "dataset_info.json").is_file():
+        return load_from_disk(str(path))
+
+    def encode(batch: dict) -> dict:
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
+        return {
+            "input_ids": enc["input_ids"],
+            "token_type_ids": types,
+            "length": [len(x) for x in enc["input_ids"]],
+        }
+
+    ds = Dataset.from_dict({"text": list(texts)}).map(encode, batched=True, remove_columns=["text"])
+    if path is not None:
+        with atomic_dir(path) as tmp:
+            ds.save_to_disk(str(tmp))
+        ds = load_from_disk(str(path))
+    return ds

@@ -1,0 +1,370 @@
+"""The distiller: trains a student to match a teacher with weighted losses, resumably.
+
+The teacher is a :class:`TeacherSource`: live (the model runs every step) or cached (outputs read from a
+:class:`~distilnas.distill.teacher_cache.TeacherCache`, the teacher never runs). Both give the same
+:class:`~distilnas.distill.losses.Views`, so a loss cannot tell them apart beyond fp16 rounding.
+
+General (task-agnostic) distillation is one stage on corpus text; task distillation is TinyBERT's two
+stages on a GLUE task (intermediate layers, then the prediction layer): :func:`distill_task`.
+
+A checkpoint holds the student, the projections, the optimizer, the scheduler, every RNG state and the
+position in the data, so a killed run resumes and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from distilnas.distill.capture import capture, enable_capture
+from distilnas.distill.config import DistillSettings, TaskDistillConfig
+from distilnas.distill.data import LengthBucketBatches, collate
+from distilnas.distill.errors import UserError
+from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
+from distilnas.distill.teacher_cache import TeacherCache
+from distilnas.distill.utils import atomic_dir, autocast_context, default_device, fingerprint, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class TeacherSource(Protocol):
+    """Where a step gets the teacher's outputs."""
+
+    heads: int
+    hidden_size: int
+
+    def views(
+        self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
+    ) -> Views: ...
+
+
+class LiveTeacher:
+    """Runs the teacher model on every batch (no cache)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = enable_capture(model.to(default_device()).eval())  # type: ignore[arg-type]
+        self.heads = int(model.config.num_attention_heads)
+        self.hidden_size = int(model.config.hidden_size)
+
+    @torch.no_grad()
+    def views(
+        self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
+    ) -> Views:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with capture(record_qkv=bool(qkv)) as rec:
+            out = self.model(**inputs, output_hidden_states=True)
+        return Views(
+            hidden={i: out.hidden_states[i].float() for i in hidden},
+            qkv={i: tuple(x.float() for x in rec.qkv[i - 1]) for i in qkv},  # type: ignore[misc]
+            logits=getattr(out, "logits", None),
+            heads=self.heads,
+        )
+
+
+class CachedTeacher:
+    """Reads the teacher's outputs from a cache; the teacher model is not needed at all."""
+
+    def __init__(self, cache: TeacherCache, hidden_size: int) -> None:
+        self.cache = cache
+        self.heads = cache.heads
+        self.hidden_size = hidden_size
+
+    def views(
+        self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
+    ) -> Views:
+        device = batch["input_ids"].device
+        return self.cache.views(rows, batch["input_ids"].shape[1], hidden, qkv, device=device)
+
+
+@dataclass
+class DistillResult:
+    steps: int
+    loss: float
+    parts: dict[str, float]
+    seconds: float
+    resumed_from: int
+
+
+def student_views(student: PreTrainedModel, batch: dict[str, torch.Tensor], need_qkv: bool) -> Views:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with capture(record_qkv=need_qkv) as rec:
+        out = student(**inputs, output_hidden_states=True)
+    return Views(
+        hidden=dict(enumerate(out.hidden_states)),
+        qkv={i + 1: v for i, v in rec.qkv.items()},
+        logits=getattr(out, "logits", None),
+        heads=int(student.config.num_attention_heads),
+    )
+
+
+class Distiller:
+    """One distillation stage of ``student`` against ``teacher`` over the layer ``pairs``."""
+
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        teacher: TeacherSource,
+        pairs: list[tuple[int, int]],
+        settings: DistillSettings,
+        regression: bool = False,
+        projections: nn.ModuleDict | None = None,
+    ) -> None:
+        self.device = default_device()
+        self.student = enable_capture(student.to(self.device))  # type: ignore[arg-type]
+        self.teacher = teacher
+        self.settings = settings
+        self.regression = regression
+        self.pairs = list(pairs)
+        self.weights = {k: v for k, v in settings.losses.items() if v}
+        hs = int(student.config.hidden_size)
+        self._check(hs)
+        torch.manual_seed(settings.seed)
+        needs_projection = any(LOSSES[k].projects_hidden for k in self.weights)
+        self.projections = projections if projections is not None else nn.ModuleDict()
+        if needs_projection and hs != teacher.hidden_size:
+            for s, _ in self.pairs:
+                if f"s{s}" not in self.projections:
+                    self.projections[f"s{s}"] = nn.Linear(hs, teacher.hidden_size)
+        self.projections.to(self.device)
+        fields = teacher_fields(self.weights)
+        uses_layers = any(LOSSES[k].needs & {"hidden", "qkv"} for k in self.weights)
+        layer_pairs = [(s, t) for s, t in self.pairs if s > 0] if uses_layers else []
+        self.hidden_layers = sorted({t for _, t in self.pairs}) if "hidden" in fields else []
+        self.qkv_layers = sorted({t for _, t in layer_pairs}) if "qkv" in fields else []
+        self.needs_logits = "logits" in fields
+
+    def _check(self, hs: int) -> None:
+        s = self.settings
+        if "minilm_relation" in self.weights and (
+            hs % s.relation_heads or self.teacher.hidden_size % s.relation_heads
+        ):
+            raise UserError(
+                f"relation_heads {s.relation_heads} must divide the student's ({hs}) and the teacher's "
+                f"({self.teacher.hidden_size}) hidden sizes"
+            )
+        if "attention_mse" in self.weights and self.student.config.num_attention_heads != self.teacher.heads:
+            raise UserError(
+                f"attention_mse needs equal head counts (student {self.student.config.num_attention_heads}, "
+                f"teacher {self.teacher.heads}); use minilm_relation"
+            )
+
+    # ------------------------------------------------------------------ one batch
+
+    def context(self, rows: list[int], batch: dict[str, torch.Tensor]) -> LossContext:
+        """Both models' views of a batch, ready for the losses."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        teacher = self.teacher.views(rows, batch, self.hidden_layers, self.qkv_layers)
+        with autocast_context(self.device):
+            student = student_views(self.student, batch, bool(self.qkv_layers))
+        return LossContext(
+            student=student,
+            teacher=teacher,
+            pairs=self.pairs,
+            mask=batch["attention_mask"].bool(),
+            projections=self.projections,
+            labels=batch.get("labels"),
+            temperature=self.settings.temperature,
+            relation_heads=self.settings.relation_heads,
+            regression=self.regression,
+        )
+
+    def loss(self, rows: list[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return combined(self.weights, self.context(rows, batch))
+
+    # ------------------------------------------------------------------ training
+
+    def _collate(self, data: Dataset, rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate([data[i] for i in rows], pad_id, pad_to=self.settings.pad_to)
+
+    def fit(
+        self,
+        data: Dataset,
+        checkpoint_dir: str | Path | None = None,
+        pad_id: int = 0,
+        stop_after: int | None = None,
+        desc: str = "distil",
+    ) -> DistillResult:
+        """Train over ``data`` (tokenized rows; row i is example i of a cached teacher).
+
+        With ``checkpoint_dir``, resumes from its checkpoint when one exists. ``stop_after`` ends the run
+        early after that many steps (as a kill would, but cleanly) — for tests of resuming.
+        """
+        s = self.settings
+        columns = [c for c in ("input_ids", "token_type_ids", "label") if c in data.column_names]
+        rows_ds = data.select_columns(columns)
+        sampler = LengthBucketBatches(np.asarray(data["length"]), s.batch_size, shuffle=True, seed=s.seed)
+        per_epoch = len(sampler)
+        total = s.steps or max(1, math.ceil(s.epochs * per_epoch))
+        params = [p for p in self.student.parameters()] + [p for p in self.projections.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
+        seed_everything(s.seed)
+        step = 0
+        ckpt = Checkpoint(Path(checkpoint_dir), self.run_key(data)) if checkpoint_dir else None
+        if ckpt is not None and ckpt.exists():
+            step = ckpt.load(self.student, self.projections, optimizer, scheduler)
+            log.info("resumed %s at step %d of %d", desc, step, total)
+        resumed_from = step
+        self.student.train()
+        start = time.perf_counter()
+        running = float("nan")
+        parts: dict[str, float] = {}
+        bar = tqdm(total=total, initial=step, desc=desc, unit="step")
+        epoch, skip = divmod(step, per_epoch)
+        while step < total:
+            sampler.set_epoch(epoch)
+            for b, rows in enumerate(sampler):
+                if b < skip:
+                    continue
+                loss, parts = self.loss(rows, self._collate(rows_ds, rows, pad_id))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                value = float(loss.detach())
+                running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}")
+                done = step >= total
+                if ckpt is not None and (done or (s.checkpoint_every and step % s.checkpoint_every == 0)):
+                    ckpt.save(step, self.student, self.projections, optimizer, scheduler)
+                if done or (stop_after is not None and step >= stop_after):
+                    break
+            if step >= total or (stop_after is not None and step >= stop_after):
+                break
+            skip = 0
+            epoch += 1
+        bar.close()
+        self.student.eval()
+        return DistillResult(step, running, parts, time.perf_counter() - start, resumed_from)
+
+    def run_key(self, data: Dataset) -> str:
+        """What a checkpoint must match to be resumed: settings, pairs, data size, student shape."""
+        cfg = self.student.config
+        shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
+        return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape)
+
+
+class Checkpoint:
+    """A resumable training state in one folder, replaced atomically at every save."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        self.key = key
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file()
+
+    def save(
+        self,
+        step: int,
+        student: nn.Module,
+        projections: nn.ModuleDict,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> None:
+        with atomic_dir(self.folder) as tmp:
+            tensors = {f"student.{k}": v.contiguous() for k, v in student.state_dict().items()}
+            tensors |= {f"projections.{k}": v.contiguous() for k, v in projections.state_dict().items()}
+            save_file(_untie(tensors), str(tmp / "weights.safetensors"))
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                tmp / "optimizer.pt",
+            )
+            np_state: Any = np.random.get_state()
+            state = {
+                "key": self.key,
+                "step": step,
+                "python_rng": _jsonable(random.getstate()),
+                "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+
+    def load(
+        self,
+        student: nn.Module,
+        projections: nn.ModuleDict,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> int:
+        state = json.loads((self.folder / "state.json").read_text())
+        if state["key"] != self.key:
+            raise UserError(
+                f"{self.folder}: checkpoint of another run (different settings, data or student); "
+                "remove it or choose another folder"
+            )
+        tensors = load_file(str(self.folder / "weights.safetensors"))
+        student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
+        projections.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("projections.")})
+        rest = torch.load(self.folder / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(rest["optimizer"])
+        scheduler.load_state_dict(rest["scheduler"])
+        torch.set_rng_state(rest["torch_rng"])
+        if rest["cuda_rng"]:
+            torch.cuda.set_rng_state_all(rest["cuda_rng"])
+        random.setstate(_tupled(state["python_rng"]))  # type: ignore[arg-type]
+        np_state = state["numpy_rng"]
+        np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+        return int(state["step"])
+
+
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied weights): give each entry its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def _jsonable(x: object) -> object:
+    return [_jsonable(v) for v in x] if isinstance(x, tuple | list) else x
+
+
+def _tupled(x: object) -> object:
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+# ---------------------------------------------------------------------- task distillation
+
+
+def distill_task(
+    student: PreTrainedModel,
+    teacher: TeacherSource,
+    data: Dataset,
+    pairs: list[tuple[int, int]],
+    config: TaskDistillConfig,
+    regression: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    pad_id: int = 0,
+) -> dict[str, DistillResult]:
+    """TinyBERT's task distillation: intermediate-layer stage, then prediction-layer stage."""
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    first = Distiller(student, teacher, pairs, config.intermediate, regression)
+    r1 = first.fit(data, folder / "intermediate" if folder else None, pad_id, desc="distil: layers")
+    second = Distiller(student, teacher, pairs, config.prediction, regression, projections=first.projections)
+    r2 = second.fit(data, folder / "prediction" if folder else None, pad_id, desc="distil: prediction")
+    return {"intermediate": r1, "prediction": r2}
