@@ -78,10 +78,11 @@ def student_config(spec: StudentSpec, teacher: PretrainedConfig, num_labels: int
         pad_token_id=teacher.pad_token_id,
     )
     if num_labels is not None:
-        cfg.num_labels = num_labels
-        for attr in ("id2label", "label2id", "problem_type"):
-            if getattr(teacher, attr, None) is not None:
-                setattr(cfg, attr, getattr(teacher, attr))
+        if teacher.num_labels == num_labels:  # a fine-tuned teacher names its labels: keep the names
+            cfg.id2label, cfg.label2id = dict(teacher.id2label), dict(teacher.label2id)
+            cfg.problem_type = teacher.problem_type
+        else:
+            cfg.num_labels = num_labels
     cfg._attn_implementation = "eager"
     return cfg
 

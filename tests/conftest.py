@@ -24,6 +24,11 @@ def glue_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vocab() -> Path:
+    return VOCAB
+
+
+@pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS}"
     return CORPUS
@@ -55,3 +60,33 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():  # type: ignore[no-untyped-def]
+    """A 4-layer, hidden-64, 4-head BERT teacher (random weights, eager attention)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    return BertModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def sentences(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """96 WikiSplit sentences tokenized with the BERT vocabulary (max 32 tokens)."""
+    from distilnas.distill.data import tokenize_texts
+    from distilnas.distill.teacher import wordpiece_tokenizer
+
+    lines = (CORPUS / "wikisplit" / "tune.tsv").read_text(encoding="utf-8").splitlines()[:96]
+    texts = [line.split("\t")[0] for line in lines]
+    return tokenize_texts(texts, wordpiece_tokenizer(VOCAB), 32, tmp_path_factory.mktemp("tok"))
