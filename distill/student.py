@@ -79,7 +79,9 @@ def student_config(spec: StudentSpec, teacher: PretrainedConfig, num_labels: int
     )
     if num_labels is not None:
         if teacher.num_labels == num_labels:  # a fine-tuned teacher names its labels: keep the names
-            cfg.id2label, cfg.label2id = dict(teacher.id2label), dict(teacher.label2id)
+            names: Any = teacher.id2label
+            cfg.id2label = {int(k): str(v) for k, v in names.items()}
+            cfg.label2id = {str(v): int(k) for k, v in names.items()}
             cfg.problem_type = teacher.problem_type
         else:
             cfg.num_labels = num_labels

@@ -49,7 +49,7 @@ def test_pairs_and_rules() -> None:
 
 
 def test_bad_mappings() -> None:
-    with pytest.raises(UserError, match="maps to teacher layer 7, outside 1..6"):
+    with pytest.raises(UserError, match=r"maps to teacher layer 7, outside 1\.\.6"):
         LayerMapping((1, 7), 6)
     with pytest.raises(UserError, match="maps to teacher layer 0"):
         LayerMapping((0, 2), 6)
