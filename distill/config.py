@@ -181,3 +181,33 @@ class TaskDistillConfig(Strict):
         losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}, epochs=3
     )
     prediction: DistillSettings = DistillSettings(losses={"prediction_ce": 1.0}, epochs=3, lr=5e-5)
+
+
+class StudentConfig(Strict):
+    """A plain BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
+
+    layers: int = Field(4, gt=0)
+    hidden: int | None = Field(None, gt=0)
+    heads: int | None = Field(None, gt=0)
+    intermediate: int | None = Field(None, gt=0)
+    init: Literal["random", "copy", "extract"] = "extract"
+    """How the student starts: random, a copy of the mapped teacher layers, or extracted from them."""
+    importance_batches: int = Field(8, ge=0)
+    """Batches that rank heads and neurons for ``extract``."""
+
+
+class DistillConfig(Strict):
+    """How one student is distilled: general distillation on the corpus, then task distillation."""
+
+    student: StudentConfig = StudentConfig()
+    mapping: str = "uniform"
+    """``uniform`` (TinyBERT), ``last`` (the top layers), or a mapping string such as ``2,4,6/6``."""
+    max_length: int = Field(128, ge=8, le=512)
+    corpus_fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of the corpus used for general distillation (seeded)."""
+    general: DistillSettings = DistillSettings(epochs=1)
+    task: TaskDistillConfig = TaskDistillConfig()
+    train_limit: int | None = Field(None, gt=0)
+    """Use only the first N training rows of a task (both for distillation and the plain baseline)."""
+    baseline: TrainSettings = TrainSettings(epochs=3, lr=1e-4)
+    """Fine-tuning of the same student on gold labels, without a teacher (the comparison)."""

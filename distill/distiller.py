@@ -13,6 +13,7 @@ position in the data, so a killed run resumes and ends with the same weights as 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -78,10 +79,10 @@ class LiveTeacher:
 class CachedTeacher:
     """Reads the teacher's outputs from a cache; the teacher model is not needed at all."""
 
-    def __init__(self, cache: TeacherCache, hidden_size: int) -> None:
+    def __init__(self, cache: TeacherCache) -> None:
         self.cache = cache
         self.heads = cache.heads
-        self.hidden_size = hidden_size
+        self.hidden_size = cache.hidden_size
 
     def views(
         self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
@@ -187,6 +188,33 @@ class Distiller:
 
     # ------------------------------------------------------------------ training
 
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        """What is trained: the student and the projections."""
+        return [*self.student.parameters(), *self.projections.parameters()]
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.parameters, lr=self.settings.lr, weight_decay=self.settings.weight_decay
+        )
+
+    def train_step(
+        self,
+        rows: list[int],
+        batch: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ) -> tuple[float, dict[str, float]]:
+        """One optimizer step on one batch (loss, backward, clipping, update): the loss and its parts."""
+        loss, parts = self.loss(rows, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), parts
+
     def _collate(self, data: Dataset, rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return collate([data[i] for i in rows], pad_id, pad_to=self.settings.pad_to)
 
@@ -209,8 +237,7 @@ class Distiller:
         sampler = LengthBucketBatches(np.asarray(data["length"]), s.batch_size, shuffle=True, seed=s.seed)
         per_epoch = len(sampler)
         total = s.steps or max(1, math.ceil(s.epochs * per_epoch))
-        params = [p for p in self.student.parameters()] + [p for p in self.projections.parameters()]
-        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        optimizer = self.optimizer()
         scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
         seed_everything(s.seed)
         step = 0
@@ -224,30 +251,23 @@ class Distiller:
         running = float("nan")
         parts: dict[str, float] = {}
         bar = tqdm(total=total, initial=step, desc=desc, unit="step")
+        end = min(total, stop_after) if stop_after is not None else total
         epoch, skip = divmod(step, per_epoch)
-        while step < total:
+        while step < end:
             sampler.set_epoch(epoch)
-            for b, rows in enumerate(sampler):
-                if b < skip:
-                    continue
-                loss, parts = self.loss(rows, self._collate(rows_ds, rows, pad_id))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            for rows in itertools.islice(sampler, skip, None):
+                value, parts = self.train_step(
+                    rows, self._collate(rows_ds, rows, pad_id), optimizer, scheduler
+                )
                 step += 1
-                value = float(loss.detach())
                 running = value if math.isnan(running) else 0.98 * running + 0.02 * value
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}")
-                done = step >= total
-                if ckpt is not None and (done or (s.checkpoint_every and step % s.checkpoint_every == 0)):
+                periodic = s.checkpoint_every and step % s.checkpoint_every == 0
+                if ckpt is not None and (step == total or periodic):
                     ckpt.save(step, self.student, self.projections, optimizer, scheduler)
-                if done or (stop_after is not None and step >= stop_after):
+                if step >= end:
                     break
-            if step >= total or (stop_after is not None and step >= stop_after):
-                break
             skip = 0
             epoch += 1
         bar.close()

@@ -41,7 +41,7 @@ from distilnas.distill.utils import atomic_dir, default_device, fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT = "teacher-outputs-v1"
+FORMAT = "teacher-outputs-v2"
 FIELDS = ("hidden", "qkv", "logits")
 
 
@@ -104,6 +104,7 @@ class TeacherCache:
         self.qkv = self._map("qkv.f16", np.float16, shapes.get("qkv"))
         self.logits = self._map("logits.f32", np.float32, shapes.get("logits"))
         self.heads = int(self.index["heads"])
+        self.hidden_size = int(self.index["hidden_size"])
 
     def _verify(self) -> None:
         for name, meta in self.index["files"].items():
@@ -250,6 +251,7 @@ def _write(
         "fields": sorted(shapes),
         "shapes": shapes,
         "heads": int(cfg.num_attention_heads),
+        "hidden_size": int(width),
         "examples": len(dataset),
         "tokens": tokens,
         "files": {n: {"bytes": (folder / n).stat().st_size, "xxh64": file_xxh(folder / n)} for n in files},

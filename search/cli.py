@@ -220,6 +220,145 @@ def evaluate(
     )
 
 
+# --------------------------------------------------------------------------- distill
+
+
+def parse_student(text: str) -> tuple[int, int | None]:
+    """``4L-256`` -> (4, 256); ``4L`` -> (4, None: the teacher's width)."""
+    import re
+
+    m = re.fullmatch(r"(\d+)L(?:-(\d+))?", text.strip(), flags=re.IGNORECASE)
+    if not m:
+        raise UserError(f"--student {text!r}: expected <layers>L-<hidden>, e.g. 4L-256")
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+@app.command()
+def distill(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML); its `distill` section says how.")],
+    task: Annotated[list[str], typer.Option("--task", "-t", help="GLUE task; repeat for several.")],
+    student: Annotated[
+        str | None, typer.Option(help="Student shape, e.g. 4L-256 (overrides the config).")
+    ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="uniform, last, or a mapping string like 2,4,6/6 (overrides the config)."),
+    ] = None,
+    baseline: Annotated[
+        bool, typer.Option(help="Also fine-tune the same student on labels alone, for comparison.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil one student: general distillation on the corpus, then task distillation and dev scores.
+
+    The teacher is fine-tuned per task first (cached). Every stage reads the teacher's outputs from the
+    cache and checkpoints, so a killed run picks up where it stopped.
+    """
+    import copy
+
+    from distilnas.distill.corpus import load_corpus, sample_fraction
+    from distilnas.distill.glue import get_task
+    from distilnas.distill.recipes import (
+        general_distillation,
+        initial_student,
+        plain_finetune,
+        student_spec,
+        task_distillation,
+    )
+    from distilnas.distill.teacher import fine_tuned_teacher, load_config, resolve
+    from distilnas.distill.utils import atomic_dir, atomic_write_json
+    from distilnas.search.config import load_config as load_run_config
+    from distilnas.spaces.mapping import LayerMapping
+
+    cfg = load_run_config(config)
+    tasks = [get_task(t) for t in task]
+    dcfg = cfg.distill
+    if student is not None:
+        layers, hidden = parse_student(student)
+        dcfg = dcfg.model_copy(
+            update={"student": dcfg.student.model_copy(update={"layers": layers, "hidden": hidden})}
+        )
+    if mapping is not None:
+        dcfg = dcfg.model_copy(update={"mapping": mapping})
+    if cfg.data.corpus is None:
+        raise UserError(f"{config}: data.corpus is needed for general distillation")
+    source = resolve(cfg.teacher.name)
+    depth = load_config(source).num_hidden_layers
+    m = dcfg.student.layers
+    named = {"uniform": LayerMapping.uniform, "last": LayerMapping.last}
+    lmap = (
+        named[dcfg.mapping](m, depth)
+        if dcfg.mapping in named
+        else LayerMapping.from_string(dcfg.mapping, depth)
+    )
+    if lmap.student_layers != m:
+        raise UserError(f"mapping {lmap} has {lmap.student_layers} student layers, the student has {m}")
+    setup_logging(cfg.output_dir / "logs" / "distill.log")
+    log = logging.getLogger("distilnas.distill")
+
+    texts = sample_fraction(load_corpus(cfg.data.corpus), dcfg.corpus_fraction, cfg.seed)
+    encoder = initial_student(source, dcfg, list(lmap.targets), texts)
+    start_encoder = copy.deepcopy(encoder)
+    spec = student_spec(dcfg, encoder)
+    name = f"{spec.name}_map{str(lmap).replace(',', '.').replace('/', 'of')}"
+    run_dir = cfg.output_dir / "students" / name
+    log.info("student %s, mapping %s, %d corpus examples", spec.name, lmap, len(texts))
+    general_distillation(source, encoder, lmap.pairs(), texts, dcfg, cfg.cache_dir, run_dir)
+
+    results: dict[str, Any] = {}
+    for t in tasks:
+        ft, _ = fine_tuned_teacher(
+            source, t, cfg.teacher.settings_for(t.name), cfg.data.glue_dir, cfg.cache_dir
+        )
+        outcome = task_distillation(
+            encoder,
+            ft.path,
+            f"finetuned:{ft.fingerprint}",
+            t,
+            lmap.pairs(),
+            dcfg,
+            cfg.data.glue_dir,
+            cfg.cache_dir,
+            run_dir,
+        )
+        entry: dict[str, Any] = {"distilled": outcome.result.metrics, "teacher": ft.metrics}
+        record = {
+            "student": spec.__dict__,
+            "mapping": str(lmap),
+            "task": t.name,
+            "metrics": outcome.result.metrics,
+            "teacher_metrics": ft.metrics,
+            "teacher_fingerprint": ft.fingerprint,
+            "config_hash": cfg.config_hash(),
+            "seed": cfg.seed,
+            "figures": outcome.figures,
+        }
+        with atomic_dir(run_dir / "models" / t.name) as tmp:
+            outcome.model.save_pretrained(tmp)
+            atomic_write_json(tmp / "student.json", record)
+        if baseline:
+            plain = plain_finetune(start_encoder, ft.path, t, dcfg, cfg.data.glue_dir, cfg.cache_dir)
+            entry["fine-tuned"] = plain.result.metrics
+        results[t.name] = entry
+        log.info("%s: distilled %s, teacher %s", t.name, outcome.result.metrics, ft.metrics)
+
+    table = Table(title=f"student {spec.name} ({name}), dev")
+    for col in ("task", "teacher", "distilled", *(["fine-tuned only"] if baseline else [])):
+        table.add_column(col)
+    for tname, r in results.items():
+
+        def show(d: dict[str, float]) -> str:
+            return ", ".join(f"{k} {fmt(v)}" for k, v in d.items())
+
+        cells = [show(r["teacher"]), show(r["distilled"])] + ([show(r["fine-tuned"])] if baseline else [])
+        table.add_row(tname, *cells)
+    emit(
+        {"student": spec.__dict__, "mapping": str(lmap), "run_dir": str(run_dir), "tasks": results},
+        as_json,
+        table,
+    )
+
+
 # --------------------------------------------------------------------------- latency
 
 

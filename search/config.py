@@ -14,7 +14,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from distilnas.distill.config import DataConfig, Strict, TaskName, TeacherConfig, TrainSettings, describe
+from distilnas.distill.config import (
+    DataConfig,
+    DistillConfig,
+    Strict,
+    TaskName,
+    TeacherConfig,
+    TrainSettings,
+    describe,
+)
 from distilnas.distill.errors import ConfigError
 from distilnas.distill.utils import default_cache_dir, fingerprint
 from distilnas.proxies.config import ProxyConfig
@@ -77,6 +85,7 @@ class RunConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
     data: DataConfig = DataConfig()
     proxy: ProxyConfig = ProxyConfig()
+    distill: DistillConfig = DistillConfig()
     search: SearchConfig = SearchConfig()
     final: FinalConfig = FinalConfig()
     ray: RayConfig = RayConfig()

@@ -50,7 +50,7 @@ def test_distillation_lowers_the_loss(tiny_teacher, sentences) -> None:  # type:
 
 def test_resume_equals_uninterrupted(tiny_teacher, sentences, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cache = teacher_cache(tiny_teacher, "tiny", sentences, 32, ["hidden", "qkv"], tmp_path / "cache")
-    teacher = CachedTeacher(cache, 64)
+    teacher = CachedTeacher(cache)
     full = student(tiny_teacher)
     Distiller(full, teacher, PAIRS, SETTINGS).fit(sentences, tmp_path / "a")
 
@@ -110,7 +110,7 @@ def test_task_distillation_two_stages(tiny_teacher, glue_dir: Path, vocab: Path,
         ),
         prediction=DistillSettings(losses={"prediction_ce": 1}, steps=3, batch_size=16),
     )
-    results = distill_task(s, CachedTeacher(cache, 64), data, PAIRS, config, checkpoint_dir=tmp_path / "ck")
+    results = distill_task(s, CachedTeacher(cache), data, PAIRS, config, checkpoint_dir=tmp_path / "ck")
     assert results["intermediate"].steps == 3 and results["prediction"].steps == 3
     assert set(results["intermediate"].parts) == {"embedding_mse", "hidden_mse", "attention_mse"}
     assert (tmp_path / "ck" / "prediction" / "weights.safetensors").is_file()

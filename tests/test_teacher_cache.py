@@ -49,7 +49,7 @@ def test_cache_matches_live_teacher_and_loss(tiny_teacher, sentences, tmp_path: 
     )
     pairs = [(0, 0), (1, 2), (2, 4)]
     live = Distiller(student, LiveTeacher(tiny_teacher), pairs, settings)
-    cached = Distiller(student, CachedTeacher(cache, 64), pairs, settings, projections=live.projections)
+    cached = Distiller(student, CachedTeacher(cache), pairs, settings, projections=live.projections)
     for rows in ([0, 5, 9, 40], list(range(60, 92))):
         batch = collate([sentences[i] for i in rows])
         lv, lparts = live.loss(rows, batch)
@@ -71,9 +71,7 @@ def test_warm_cache_never_runs_the_teacher(
     before = counter.calls
     cache = teacher_cache(tiny_teacher, "tiny", sentences, 32, FIELDS, tmp_path)
     student = build_student(StudentSpec(2, 32, 2, 64), tiny_teacher)
-    d = Distiller(
-        student, CachedTeacher(cache, 64), [(0, 0), (2, 4)], DistillSettings(steps=3, batch_size=16)
-    )
+    d = Distiller(student, CachedTeacher(cache), [(0, 0), (2, 4)], DistillSettings(steps=3, batch_size=16))
     d.fit(sentences)
     assert counter.calls == before
 
