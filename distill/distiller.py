@@ -37,7 +37,14 @@ from distilnas.distill.data import LengthBucketBatches, collate
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
 from distilnas.distill.teacher_cache import TeacherCache
-from distilnas.distill.utils import atomic_dir, autocast_context, default_device, fingerprint, seed_everything
+from distilnas.distill.utils import (
+    adamw,
+    atomic_dir,
+    autocast_context,
+    default_device,
+    fingerprint,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +201,7 @@ class Distiller:
         return [*self.student.parameters(), *self.projections.parameters()]
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.parameters, lr=self.settings.lr, weight_decay=self.settings.weight_decay
-        )
+        return adamw(self.parameters, self.settings.lr, self.settings.weight_decay)
 
     def train_step(
         self,

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import LengthBucketBatches, TokenizedSplit, collate, tokenize_split
 from distilnas.distill.glue import GlueTask, compute_metrics, predictions_to_labels
-from distilnas.distill.utils import autocast_context, default_device, seed_everything
+from distilnas.distill.utils import adamw, autocast_context, default_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def train(
             "weight_decay": 0.0,
         },
     ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    optimizer = adamw(groups, settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
 
     model.train()

@@ -31,7 +31,8 @@ distill:
   train_limit: 48
   general: {{steps: 4, batch_size: 16, relation_heads: 4, checkpoint_every: 2}}
   task:
-    intermediate: {{losses: {{hidden_mse: 1, minilm_relation: 1}}, steps: 3, batch_size: 16, relation_heads: 4}}
+    intermediate:
+      {{losses: {{hidden_mse: 1, minilm_relation: 1}}, steps: 3, batch_size: 16, relation_heads: 4}}
     prediction: {{losses: {{prediction_ce: 1}}, steps: 3, batch_size: 16}}
   baseline: {{epochs: 1, batch_size: 16}}
 output_dir: {tmp_path / "run"}
