@@ -265,7 +265,7 @@ def distill(
         student_spec,
         task_distillation,
     )
-    from distilnas.distill.teacher import fine_tuned_teacher, load_config, resolve
+    from distilnas.distill.teacher import fine_tuned_teacher, load_config, load_tokenizer, resolve
     from distilnas.distill.utils import atomic_dir, atomic_write_json
     from distilnas.search.config import load_config as load_run_config
     from distilnas.spaces.mapping import LayerMapping
@@ -297,6 +297,7 @@ def distill(
     log = logging.getLogger("distilnas.distill")
 
     texts = sample_fraction(load_corpus(cfg.data.corpus), dcfg.corpus_fraction, cfg.seed)
+    tokenizer = load_tokenizer(source)
     encoder = initial_student(source, dcfg, list(lmap.targets), texts)
     start_encoder = copy.deepcopy(encoder)
     spec = student_spec(dcfg, encoder)
@@ -335,6 +336,7 @@ def distill(
         }
         with atomic_dir(run_dir / "models" / t.name) as tmp:
             outcome.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
             atomic_write_json(tmp / "student.json", record)
         if baseline:
             plain = plain_finetune(start_encoder, ft.path, t, dcfg, cfg.data.glue_dir, cfg.cache_dir)

@@ -61,8 +61,13 @@ class LayerMapping:
         return cls(tuple(range(first, teacher_layers + 1)), teacher_layers)
 
     @classmethod
-    def from_string(cls, text: str, teacher_layers: int | None = None) -> LayerMapping:
-        """Parse the canonical form ``"2,4,-,6/6"`` (``-`` is no target); ``/N`` may come as an argument."""
+    def from_string(
+        cls, text: str, teacher_layers: int | None = None, monotone: bool = False
+    ) -> LayerMapping:
+        """Parse the canonical form ``"2,4,-,6/6"`` (``-`` is no target); ``/N`` may come as an argument.
+
+        With ``monotone``, a mapping whose teacher layers go down fails.
+        """
         body, _, depth = text.strip().partition("/")
         try:
             n = int(depth) if depth else teacher_layers
@@ -77,7 +82,8 @@ class LayerMapping:
             raise UserError(
                 f"mapping {text!r}: written for {n} teacher layers, the teacher has {teacher_layers}"
             )
-        return cls(targets, n)
+        mapping = cls(targets, n)
+        return mapping.check_monotone() if monotone else mapping
 
     # ------------------------------------------------------------------ views
 

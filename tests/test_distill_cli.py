@@ -62,6 +62,7 @@ def test_distill_command(tiny_bert: Path, glue_dir: Path, corpus_dir: Path, tmp_
     assert record["metrics"] == rte["distilled"] and record["mapping"] == "2/2"
     model = AutoModelForSequenceClassification.from_pretrained(folder)  # a plain transformers BERT
     assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 1
+    assert (folder / "tokenizer.json").is_file()
     general = load_file(str(Path(report["run_dir"]) / "general" / "weights.safetensors"))
     assert any(k.startswith("projections.") for k in general)  # 16 -> 32 projections were trained
 

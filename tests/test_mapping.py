@@ -46,6 +46,9 @@ def test_pairs_and_rules() -> None:
     assert LayerMapping((3, 3), 6).has_repeats()
     with pytest.raises(UserError, match="must not decrease"):
         LayerMapping((4, 2), 6).check_monotone()
+    with pytest.raises(UserError, match=r"mapping 4,-,2/6: teacher layers must not decrease"):
+        LayerMapping.from_string("4,-,2/6", monotone=True)
+    assert LayerMapping.from_string("2,-,2/6", monotone=True).targets == (2, None, 2)
 
 
 def test_bad_mappings() -> None:
