@@ -25,7 +25,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from distilnas.distill.config import DistillSettings
-from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split
+from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_split
 from distilnas.distill.distiller import CachedTeacher, Distiller, LiveTeacher
 from distilnas.distill.glue import get_task
 from distilnas.distill.student import StudentSpec, build_student
@@ -49,22 +49,24 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def time_steps(d: Distiller, batches: list[list[int]], data, pad_to: int | None, warmup: int) -> list[float]:  # type: ignore[no-untyped-def]
+def time_steps(
+    d: Distiller, batches: list[list[int]], data: PackedRows, pad_to: int | None, warmup: int
+) -> list[float]:
     optimizer = d.optimizer()
     d.student.train()
     times = []
     for i, rows in enumerate(batches):
         start = time.perf_counter()
-        d.train_step(rows, collate([data[r] for r in rows], pad_to=pad_to), optimizer)
+        d.train_step(rows, data.batch(rows, pad_to=pad_to), optimizer)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
 
 
-def step_flops(d: Distiller, rows: list[int], data, pad_to: int | None) -> int:  # type: ignore[no-untyped-def]
+def step_flops(d: Distiller, rows: list[int], data: PackedRows, pad_to: int | None) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = d.loss(rows, collate([data[r] for r in rows], pad_to=pad_to))
+        loss, _ = d.loss(rows, data.batch(rows, pad_to=pad_to))
         loss.backward()
     d.student.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
@@ -91,9 +93,9 @@ def main() -> None:
     cache = teacher_cache(teacher, source.identity(), data, 128, ["hidden", "qkv"], args.cache_dir)
     peak = matmul_gflops()
     n = args.warmup + args.steps
-    sampler = LengthBucketBatches(data["length"], args.batch_size, seed=0)
-    batches = list(sampler)[:n]
-    tokens = sum(data[r]["length"] for b in batches[args.warmup :] for r in b) / args.steps
+    packed = PackedRows(data)
+    batches = list(LengthBucketBatches(packed.lengths, args.batch_size, seed=0))[:n]
+    tokens = sum(int(packed.lengths[b].sum()) for b in batches[args.warmup :]) / args.steps
 
     table = Table(title=f"distillation step, MiniLM-L6 teacher, batch {args.batch_size}, SST-2 train")
     for col in (
@@ -123,11 +125,11 @@ def main() -> None:
                     losses=LOSSES, batch_size=args.batch_size, pad_to=pad_to, relation_heads=8
                 )
                 d = Distiller(student, source_, pairs, settings)
-                times = time_steps(d, batches, data, pad_to, args.warmup)
+                times = time_steps(d, batches, packed, pad_to, args.warmup)
                 med = statistics.median(times)
                 medians[kind] = med
                 # achieved rate over the timed steps: their counted FLOPs over their total time
-                flops = sum(step_flops(d, rows, data, pad_to) for rows in batches[args.warmup :])
+                flops = sum(step_flops(d, rows, packed, pad_to) for rows in batches[args.warmup :])
                 gflops = flops / sum(times) / 1e9
                 table.add_row(
                     spec.name,

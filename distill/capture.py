@@ -57,7 +57,7 @@ def attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
     )
     if rec is not None:
-        layer = int(getattr(module, "layer_idx", -1) or 0)
+        layer = int(module.layer_idx)  # type: ignore[arg-type]  # set by every BERT self-attention
         if rec.record_qkv:
             rec.qkv[layer] = (_merge(query), _merge(key), _merge(value))
         mask = rec.head_masks.get(layer)

@@ -116,6 +116,46 @@ def collate(rows: Sequence[dict], pad_id: int = 0, pad_to: int | None = None) ->
     return batch
 
 
+class PackedRows:
+    """A tokenized dataset held as flat NumPy arrays, so a batch is built without per-row Python work.
+
+    ``batch(rows)`` returns the same tensors as :func:`collate` over those rows.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        lengths = np.asarray(dataset["length"], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.lengths = lengths
+        self.ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in dataset["input_ids"]])
+        self.types = np.concatenate([np.asarray(x, dtype=np.int64) for x in dataset["token_type_ids"]])
+        self.labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(
+        self, rows: Sequence[int], pad_id: int = 0, pad_to: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        r = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[r]
+        width = pad_to or int(lengths.max())
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        src = (self.offsets[r][:, None] + np.arange(width)[None, :])[mask]
+        ids = np.full((len(r), width), pad_id, dtype=np.int64)
+        types = np.zeros((len(r), width), dtype=np.int64)
+        ids[mask], types[mask] = self.ids[src], self.types[src]
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(types),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+        }
+        if self.labels is not None:
+            labels = self.labels[r]
+            dtype = torch.float32 if labels.dtype.kind == "f" else torch.long
+            batch["labels"] = torch.as_tensor(labels, dtype=dtype)
+        return batch
+
+
 class LengthBucketBatches:
     """Batches of similar length, so dynamic padding wastes little.
 

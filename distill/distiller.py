@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from distilnas.distill.capture import capture, enable_capture
 from distilnas.distill.config import DistillSettings, TaskDistillConfig
-from distilnas.distill.data import LengthBucketBatches, collate
+from distilnas.distill.data import LengthBucketBatches, PackedRows
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
 from distilnas.distill.teacher_cache import TeacherCache
@@ -173,16 +173,23 @@ class Distiller:
     # ------------------------------------------------------------------ one batch
 
     def context(self, rows: list[int], batch: dict[str, torch.Tensor]) -> LossContext:
-        """Both models' views of a batch, ready for the losses."""
+        """Both models' views of a batch, ready for the losses.
+
+        The student runs on the batch as padded; the losses see only the real width (the longest row),
+        which changes no value, since padding never counts, but spares work under fixed-length padding.
+        """
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        teacher = self.teacher.views(rows, batch, self.hidden_layers, self.qkv_layers)
+        mask = batch["attention_mask"].bool()
+        width = int(mask.sum(1).max())
+        real = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+        teacher = self.teacher.views(rows, real, self.hidden_layers, self.qkv_layers)
         with autocast_context(self.device):
-            student = student_views(self.student, batch, bool(self.qkv_layers))
+            student = student_views(self.student, batch, bool(self.qkv_layers)).trimmed(width)
         return LossContext(
             student=student,
             teacher=teacher,
             pairs=self.pairs,
-            mask=batch["attention_mask"].bool(),
+            mask=mask[:, :width],
             projections=self.projections,
             labels=batch.get("labels"),
             temperature=self.settings.temperature,
@@ -213,15 +220,12 @@ class Distiller:
         """One optimizer step on one batch (loss, backward, clipping, update): the loss and its parts."""
         loss, parts = self.loss(rows, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm, foreach=True)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), parts
-
-    def _collate(self, data: Dataset, rows: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        return collate([data[i] for i in rows], pad_id, pad_to=self.settings.pad_to)
 
     def fit(
         self,
@@ -237,9 +241,8 @@ class Distiller:
         early after that many steps (as a kill would, but cleanly) — for tests of resuming.
         """
         s = self.settings
-        columns = [c for c in ("input_ids", "token_type_ids", "label") if c in data.column_names]
-        rows_ds = data.select_columns(columns)
-        sampler = LengthBucketBatches(np.asarray(data["length"]), s.batch_size, shuffle=True, seed=s.seed)
+        packed = PackedRows(data)
+        sampler = LengthBucketBatches(packed.lengths, s.batch_size, shuffle=True, seed=s.seed)
         per_epoch = len(sampler)
         total = s.steps or max(1, math.ceil(s.epochs * per_epoch))
         optimizer = self.optimizer()
@@ -262,7 +265,7 @@ class Distiller:
             sampler.set_epoch(epoch)
             for rows in itertools.islice(sampler, skip, None):
                 value, parts = self.train_step(
-                    rows, self._collate(rows_ds, rows, pad_id), optimizer, scheduler
+                    rows, packed.batch(rows, pad_id, s.pad_to), optimizer, scheduler
                 )
                 step += 1
                 running = value if math.isnan(running) else 0.98 * running + 0.02 * value

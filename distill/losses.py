@@ -30,6 +30,15 @@ class Views:
     logits: torch.Tensor | None = None
     heads: int = 1
 
+    def trimmed(self, width: int) -> Views:
+        """The same views cut to the first ``width`` tokens."""
+        return Views(
+            hidden={k: v[:, :width] for k, v in self.hidden.items()},
+            qkv={k: (q[:, :width], k_[:, :width], v[:, :width]) for k, (q, k_, v) in self.qkv.items()},
+            logits=self.logits,
+            heads=self.heads,
+        )
+
 
 @dataclass
 class LossContext:
@@ -144,16 +153,18 @@ def attention_mse(ctx: LossContext) -> torch.Tensor:
     return total
 
 
-def _relation_log_probs(x: torch.Tensor, heads: int, mask: torch.Tensor) -> torch.Tensor:
-    """MiniLMv2 self-relation: log softmax(X_r X_r^T / sqrt(d_r)) per relation head, padded keys masked."""
-    b, t, h = x.shape
+def _relation_log_probs(x: torch.Tensor, heads: int, key_bias: torch.Tensor) -> torch.Tensor:
+    """MiniLMv2 self-relations: log softmax(X_r X_r^T / sqrt(d_r)) per relation head.
+
+    ``x`` is (..., batch, tokens, hidden); ``key_bias`` is 0 on real keys and -1e9 on padding.
+    """
+    *lead, t, h = x.shape
     if h % heads:
         raise ValueError(f"relation heads ({heads}) must divide the hidden size ({h})")
     d = h // heads
-    xh = x.float().view(b, t, heads, d).transpose(1, 2)
-    scores = xh @ xh.transpose(-1, -2) / math.sqrt(d)
-    scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
-    return F.log_softmax(scores, dim=-1)
+    xh = x.float().reshape(*lead, t, heads, d).transpose(-2, -3)  # (..., batch, heads, tokens, d)
+    scores = torch.matmul(xh, xh.transpose(-1, -2)) / math.sqrt(d)
+    return F.log_softmax(scores + key_bias, dim=-1)
 
 
 def minilm_relation(ctx: LossContext) -> torch.Tensor:
@@ -162,13 +173,15 @@ def minilm_relation(ctx: LossContext) -> torch.Tensor:
     and the mapped layers; averaged over real query rows and relation heads."""
     rows = ctx.mask[:, None, :].float()  # (batch, 1, tokens)
     denom = rows.sum().clamp_min(1) * ctx.relation_heads
+    # padded keys get probability exp(-1e9) = 0 on both sides, so they add nothing to the KL
+    key_bias = (~ctx.mask).float()[:, None, None, :] * -1e9
     total = ctx.mask.new_zeros((), dtype=torch.float32)
     for s, t in ctx.layer_pairs:
-        for i in range(3):
-            ls = _relation_log_probs(ctx.student.qkv[s][i], ctx.relation_heads, ctx.mask)
-            lt = _relation_log_probs(ctx.teacher.qkv[t][i], ctx.relation_heads, ctx.mask)
-            kl = (lt.exp() * (lt - ls)).masked_fill(~ctx.mask[:, None, None, :], 0.0).sum(-1)
-            total = total + (kl * rows).sum() / denom
+        ls = _relation_log_probs(torch.stack(ctx.student.qkv[s]), ctx.relation_heads, key_bias)
+        with torch.no_grad():
+            lt = _relation_log_probs(torch.stack(ctx.teacher.qkv[t]), ctx.relation_heads, key_bias)
+        kl = (lt.exp() * (lt - ls)).sum(-1)  # (3, batch, heads, tokens)
+        total = total + (kl * rows).sum() / denom
     return total
 
 

@@ -154,34 +154,35 @@ class TeacherCache:
         ``hidden_layers`` count 0 as the embeddings; ``qkv_layers`` count from 1 (as hidden states).
         """
         rows_a = np.asarray(rows, dtype=np.int64)
-        starts, ends = self.offsets[rows_a], self.offsets[rows_a + 1]
-        lengths = ends - starts
+        starts = self.offsets[rows_a]
+        lengths = self.offsets[rows_a + 1] - starts
         if lengths.max(initial=0) > width:
             raise ValueError(
                 f"a cached example has {lengths.max()} tokens, more than the batch width {width}"
             )
-        pos = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-        dest = torch.zeros((len(rows_a), width), dtype=torch.bool)
-        for i, n in enumerate(lengths):
-            dest[i, :n] = True
+        dest = np.arange(width)[None, :] < lengths[:, None]  # (batch, width): real tokens
+        pos = (starts[:, None] + np.arange(width)[None, :])[dest]  # their rows in the cache, in order
+        dest_t = torch.from_numpy(dest)
         out = Views(heads=self.heads)
 
-        def scatter(flat: np.ndarray) -> torch.Tensor:
-            full = torch.zeros((len(rows_a), width, *flat.shape[1:]), dtype=torch.float32)
-            full[dest] = torch.from_numpy(flat.astype(np.float32))
-            return full.to(device) if device is not None else full
+        def gather(store: np.memmap, layers: np.ndarray) -> torch.Tensor:
+            """(batch, width, layers, ...) float32: only the asked layers are read, padding is zero."""
+            flat = torch.from_numpy(np.ascontiguousarray(store[pos[:, None], layers[None, :]]))
+            full = torch.zeros((len(rows_a), width, *flat.shape[1:]), dtype=flat.dtype)
+            full[dest_t] = flat
+            return full.to(device=device, dtype=torch.float32)
 
         if hidden_layers:
             if self.hidden is None:
                 raise UserError(f"{self.path}: cache has no hidden states")
             layers = np.asarray(sorted(hidden_layers))
-            block = scatter(self.hidden[pos][:, layers])  # (b, w, n_layers, h)
+            block = gather(self.hidden, layers)  # (b, w, n_layers, h)
             out.hidden = {int(layer): block[:, :, i] for i, layer in enumerate(layers)}
         if qkv_layers:
             if self.qkv is None:
                 raise UserError(f"{self.path}: cache has no Q/K/V")
             layers = np.asarray(sorted(qkv_layers))
-            block = scatter(self.qkv[pos][:, layers - 1])  # (b, w, n_layers, 3, h)
+            block = gather(self.qkv, layers - 1)  # (b, w, n_layers, 3, h)
             out.qkv = {
                 int(layer): (block[:, :, i, 0], block[:, :, i, 1], block[:, :, i, 2])
                 for i, layer in enumerate(layers)
