@@ -118,12 +118,23 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 @torch.inference_mode()
 def count_flops(model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> int:
-    """FLOPs of one forward pass (a multiply-add counts 2), counted by torch's FLOP counter on CPU."""
+    """FLOPs of one forward pass (a multiply-add counts 2), counted by torch's FLOP counter on CPU.
+
+    Counted with eager attention: the counter has no formula for the CPU flash-attention kernel, so it
+    would miss the attention products.
+    """
     was = next(model.parameters()).device
     model = model.to("cpu").eval()
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl is not None and impl != "eager":
+        model.set_attn_implementation("eager")  # type: ignore[operator]
     inputs = dummy_inputs(model, batch_size, seq_len, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(**inputs)
-    model.to(was)
+    try:
+        with counter:
+            model(**inputs)
+    finally:
+        if impl is not None and impl != "eager":
+            model.set_attn_implementation(impl)  # type: ignore[operator]
+        model.to(was)
     return int(counter.get_total_flops())

@@ -121,14 +121,20 @@ def load_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:
     return config
 
 
-def load_encoder(source: ModelSource, allow_random: bool = False) -> PreTrainedModel:
-    """The bare encoder (``AutoModel``) with eager attention; random weights only when allowed."""
+def load_encoder(source: ModelSource, allow_random: bool = False, attention: str = "eager") -> PreTrainedModel:
+    """The bare encoder (``AutoModel``); random weights only when allowed.
+
+    Eager attention by default (training and the losses need attention maps); ``"sdpa"`` for inference
+    timings, as transformers deploys it.
+    """
     if source.has_weights:
-        return AutoModel.from_pretrained(source.location, attn_implementation="eager")
+        return AutoModel.from_pretrained(source.location, attn_implementation=attention)
     if not allow_random:
         raise UserError(f"{source.location}: no weights in the model folder")
     log.warning("%s has no weights: building it from its config with random initialisation", source.name)
-    return AutoModel.from_config(load_config(source))
+    config = load_config(source)
+    config._attn_implementation = attention
+    return AutoModel.from_config(config)
 
 
 def load_for_task(source: ModelSource, task: GlueTask, seed: int = 0) -> PreTrainedModel:

@@ -393,7 +393,7 @@ def latency(
     if threads is not None:
         torch.set_num_threads(threads)
     source = resolve(model)
-    net = load_encoder(source, allow_random=True)
+    net = load_encoder(source, allow_random=True, attention="sdpa")  # as deployed
     params = count_parameters(net)
     rows = []
     for b in batch or [1, 32]:
