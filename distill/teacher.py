@@ -121,7 +121,9 @@ def load_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:
     return config
 
 
-def load_encoder(source: ModelSource, allow_random: bool = False, attention: str = "eager") -> PreTrainedModel:
+def load_encoder(
+    source: ModelSource, allow_random: bool = False, attention: str = "eager"
+) -> PreTrainedModel:
     """The bare encoder (``AutoModel``); random weights only when allowed.
 
     Eager attention by default (training and the losses need attention maps); ``"sdpa"`` for inference
