@@ -77,6 +77,17 @@ def enable_capture(model: PreTrainedModel) -> PreTrainedModel:
 
 
 @contextmanager
+def recording(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """Switch ``model`` to the recording attention for the block, then back to what it had."""
+    before = model.config._attn_implementation
+    enable_capture(model)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
+
+
+@contextmanager
 def capture(record_qkv: bool = True, head_masks: dict[int, torch.Tensor] | None = None) -> Iterator[Capture]:
     """Record Q/K/V (and apply head masks) for forward passes inside the block."""
     rec = Capture(record_qkv=record_qkv, head_masks=head_masks or {})

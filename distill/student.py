@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from distilnas.distill.capture import capture, enable_capture
+from distilnas.distill.capture import capture, recording
 from distilnas.distill.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,6 @@ def importance(
     """
     cfg = teacher.config
     device = next(teacher.parameters()).device
-    impl = cfg._attn_implementation
-    enable_capture(teacher)
     bert: Any = _bert(teacher)
     head_masks = {
         i: torch.ones(cfg.num_attention_heads, device=device, requires_grad=True)
@@ -235,24 +233,24 @@ def importance(
     was_training = teacher.training
     teacher.eval()
     try:
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with capture(record_qkv=False, head_masks=head_masks):
-                if "labels" in batch and hasattr(teacher, "classifier"):
-                    loss = teacher(**batch).loss
-                else:
-                    batch.pop("labels", None)
-                    out = bert(**batch)
-                    m = batch["attention_mask"].unsqueeze(-1).float()
-                    loss = (out.last_hidden_state.pow(2) * m).sum() / m.sum()
-            grads = torch.autograd.grad(loss, [*head_masks.values(), *neuron_masks])
-            n = cfg.num_hidden_layers
-            head_imp += torch.stack([g.abs().cpu() for g in grads[:n]])
-            neuron_imp += torch.stack([g.abs().cpu() for g in grads[n:]])
+        with recording(teacher):
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with capture(record_qkv=False, head_masks=head_masks):
+                    if "labels" in batch and hasattr(teacher, "classifier"):
+                        loss = teacher(**batch).loss
+                    else:
+                        batch.pop("labels", None)
+                        out = bert(**batch)
+                        m = batch["attention_mask"].unsqueeze(-1).float()
+                        loss = (out.last_hidden_state.pow(2) * m).sum() / m.sum()
+                grads = torch.autograd.grad(loss, [*head_masks.values(), *neuron_masks])
+                n = cfg.num_hidden_layers
+                head_imp += torch.stack([g.abs().cpu() for g in grads[:n]])
+                neuron_imp += torch.stack([g.abs().cpu() for g in grads[n:]])
     finally:
         for h in hooks:
             h.remove()
-        teacher.set_attn_implementation(impl)
         teacher.train(was_training)
     return head_imp, neuron_imp
 

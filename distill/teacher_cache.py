@@ -33,7 +33,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from distilnas.distill.capture import capture, enable_capture
+from distilnas.distill.capture import capture, recording
 from distilnas.distill.data import LengthBucketBatches, collate
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import Views
@@ -201,7 +201,7 @@ def _write(
     teacher: PreTrainedModel, dataset: Dataset, key: CacheKey, folder: Path, batch_size: int, pad_id: int
 ) -> None:
     device = default_device()
-    teacher = enable_capture(teacher.to(device).eval())  # type: ignore[arg-type]
+    teacher = teacher.to(device).eval()  # type: ignore[arg-type]
     lengths = np.asarray(dataset["length"], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     tokens = int(offsets[-1])
@@ -222,21 +222,22 @@ def _write(
 
     rows = dataset.select_columns(["input_ids", "token_type_ids"])
     sampler = LengthBucketBatches(lengths, batch_size, shuffle=False)
-    for batch_rows in tqdm(list(sampler), desc="teacher outputs", unit="batch"):
-        batch = collate([rows[i] for i in batch_rows], pad_id)
-        mask = batch["attention_mask"].bool()
-        with capture(record_qkv="qkv" in maps) as rec:
-            out = teacher(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True)
-        pos = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in batch_rows])
-        m = mask.to(device)
-        if "hidden" in maps:
-            hs = torch.stack(out.hidden_states, dim=2)[m]  # (tokens, layers + 1, h)
-            maps["hidden"][pos] = hs.to(torch.float16).cpu().numpy()
-        if "qkv" in maps:
-            qkv = torch.stack([torch.stack(rec.qkv[i], dim=2) for i in range(layers)], dim=2)[m]
-            maps["qkv"][pos] = qkv.to(torch.float16).cpu().numpy()
-        if has_logits:
-            maps["logits"][np.asarray(batch_rows)] = out.logits.float().cpu().numpy()
+    with recording(teacher):  # records Q/K/V; the caller's model is left as it was
+        for batch_rows in tqdm(list(sampler), desc="teacher outputs", unit="batch"):
+            batch = collate([rows[i] for i in batch_rows], pad_id)
+            mask = batch["attention_mask"].bool()
+            with capture(record_qkv="qkv" in maps) as rec:
+                out = teacher(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True)
+            pos = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in batch_rows])
+            m = mask.to(device)
+            if "hidden" in maps:
+                hs = torch.stack(out.hidden_states, dim=2)[m]  # (tokens, layers + 1, h)
+                maps["hidden"][pos] = hs.to(torch.float16).cpu().numpy()
+            if "qkv" in maps:
+                qkv = torch.stack([torch.stack(rec.qkv[i], dim=2) for i in range(layers)], dim=2)[m]
+                maps["qkv"][pos] = qkv.to(torch.float16).cpu().numpy()
+            if has_logits:
+                maps["logits"][np.asarray(batch_rows)] = out.logits.float().cpu().numpy()
     for mm in maps.values():
         mm.flush()
     del maps
