@@ -14,6 +14,12 @@ from itertools import pairwise
 from distilnas.distill.errors import UserError
 
 
+def monotone(targets: Iterable[int | None]) -> bool:
+    """Teacher layers never go down from one student layer to the next (0 or None layers skipped)."""
+    used = [t for t in targets if t]
+    return all(a <= b for a, b in pairwise(used))
+
+
 @dataclass(frozen=True)
 class LayerMapping:
     """An immutable, validated layer mapping."""
@@ -101,8 +107,7 @@ class LayerMapping:
 
     def is_monotone(self) -> bool:
         """Targets never go down from one student layer to the next (None layers are skipped)."""
-        used = [t for t in self.targets if t is not None]
-        return all(a <= b for a, b in pairwise(used))
+        return monotone(self.targets)
 
     def has_repeats(self) -> bool:
         used = [t for t in self.targets if t is not None]

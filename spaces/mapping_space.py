@@ -1,0 +1,184 @@
+"""The space of layer mappings, as genomes for a genetic algorithm.
+
+A genome is a list of M genes, gene m in 0..N: the teacher layer of student layer m+1, 0 for none.
+Variation uses DEAP's own operators (one-point and uniform crossover) and two mutations (reset a gene,
+shift it by one). Constraints are separate, switchable objects (monotone, no repeated teacher layer,
+no unsupervised layer) with a check and a repair; :class:`Constrained` applies them around any
+variation, so strategies stay free of constraint ``if``s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from deap import tools
+
+from distilnas.distill.errors import UserError
+from distilnas.spaces.mapping import LayerMapping, monotone
+
+Genome = list[int]
+
+
+class Constraint:
+    """A rule a genome must keep, with a repair that makes a violating genome keep it when possible."""
+
+    name = "constraint"
+
+    def ok(self, genome: Sequence[int]) -> bool:
+        raise NotImplementedError
+
+    def repair(self, genome: Genome, rng: random.Random, n: int) -> Genome:
+        return genome
+
+
+class Monotone(Constraint):
+    """Teacher layers never go down from one student layer to the next (unsupervised layers skipped)."""
+
+    name = "monotone"
+
+    def ok(self, genome: Sequence[int]) -> bool:
+        return monotone(genome)
+
+    def repair(self, genome: Genome, rng: random.Random, n: int) -> Genome:
+        used = iter(sorted(g for g in genome if g))
+        return [next(used) if g else 0 for g in genome]
+
+
+class NoRepeats(Constraint):
+    """No teacher layer supervises two student layers."""
+
+    name = "no_repeats"
+
+    def ok(self, genome: Sequence[int]) -> bool:
+        used = [g for g in genome if g]
+        return len(used) == len(set(used))
+
+    def repair(self, genome: Genome, rng: random.Random, n: int) -> Genome:
+        seen: set[int] = set()
+        out = []
+        for g in genome:
+            if g and g in seen:
+                free = [t for t in range(1, n + 1) if t not in seen and t not in genome]
+                g = rng.choice(free) if free else 0
+            if g:
+                seen.add(g)
+            out.append(g)
+        return out
+
+
+class Supervised(Constraint):
+    """Every student layer has a teacher layer."""
+
+    name = "supervised"
+
+    def ok(self, genome: Sequence[int]) -> bool:
+        return all(genome)
+
+    def repair(self, genome: Genome, rng: random.Random, n: int) -> Genome:
+        return [g or rng.randint(1, n) for g in genome]
+
+
+CONSTRAINTS: dict[str, type[Constraint]] = {c.name: c for c in (Monotone, NoRepeats, Supervised)}
+
+
+@dataclass
+class MappingSpace:
+    """Mappings of ``student_layers`` onto ``teacher_layers``, under the given constraints."""
+
+    student_layers: int
+    teacher_layers: int
+    constraints: list[Constraint] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        m, n = self.student_layers, self.teacher_layers
+        if m > n:
+            raise UserError(f"a {m}-layer student is deeper than its {n}-layer teacher")
+        if m < 1:
+            raise UserError("the student needs at least one layer")
+
+    @classmethod
+    def build(cls, student_layers: int, teacher_layers: int, names: Sequence[str]) -> MappingSpace:
+        unknown = [n for n in names if n not in CONSTRAINTS]
+        if unknown:
+            raise UserError(f"unknown mapping constraints {unknown}; known: {', '.join(CONSTRAINTS)}")
+        return cls(student_layers, teacher_layers, [CONSTRAINTS[n]() for n in names])
+
+    # ------------------------------------------------------------------ encode / decode
+
+    def encode(self, mapping: LayerMapping) -> Genome:
+        return [t or 0 for t in mapping.targets]
+
+    def decode(self, genome: Sequence[int]) -> LayerMapping:
+        return LayerMapping(tuple(g or None for g in genome), self.teacher_layers)
+
+    # ------------------------------------------------------------------ constraints
+
+    def valid(self, genome: Sequence[int]) -> bool:
+        in_range = len(genome) == self.student_layers and all(0 <= g <= self.teacher_layers for g in genome)
+        return in_range and all(c.ok(genome) for c in self.constraints)
+
+    def repair(self, genome: Genome, rng: random.Random) -> Genome:
+        """Apply every constraint's repair, twice (one repair can undo another), then check."""
+        for _ in range(2):
+            for c in self.constraints:
+                genome = c.repair(genome, rng, self.teacher_layers)
+        return genome
+
+    # ------------------------------------------------------------------ sampling and variation
+
+    def sample(self, rng: random.Random) -> Genome:
+        """A uniformly random valid genome (rejection sampling over the constrained space)."""
+        low = 1 if any(isinstance(c, Supervised) for c in self.constraints) else 0
+        for _ in range(10_000):
+            g = [rng.randint(low, self.teacher_layers) for _ in range(self.student_layers)]
+            if self.valid(g):
+                return g
+        raise UserError("mapping constraints leave no valid mapping")  # pragma: no cover
+
+    def mutate(self, genome: Genome, rng: random.Random, indpb: float = 0.3) -> Genome:
+        """Reset or shift genes, each with probability ``indpb`` (one of the two chosen at random)."""
+        op = mut_reset if rng.random() < 0.5 else mut_shift
+        return op(list(genome), self.teacher_layers, indpb, rng)
+
+    def size(self) -> int:
+        """How many valid genomes there are (by enumeration; the space is small)."""
+        from itertools import product
+
+        return sum(self.valid(g) for g in product(range(self.teacher_layers + 1), repeat=self.student_layers))
+
+
+def mut_reset(genome: Genome, n: int, indpb: float, rng: random.Random) -> Genome:
+    """Reset each gene, with probability ``indpb``, to a random teacher layer (or none)."""
+    return [rng.randint(0, n) if rng.random() < indpb else g for g in genome]
+
+
+def mut_shift(genome: Genome, n: int, indpb: float, rng: random.Random) -> Genome:
+    """Move each gene, with probability ``indpb``, one teacher layer up or down (kept in 1..N)."""
+    out = []
+    for g in genome:
+        if g and rng.random() < indpb:
+            g = min(n, max(1, g + rng.choice((-1, 1))))
+        out.append(g)
+    return out
+
+
+CROSSOVERS: dict[str, Callable[[Genome, Genome], tuple[Genome, Genome]]] = {
+    "one_point": tools.cxOnePoint,
+    "uniform": lambda a, b: tools.cxUniform(a, b, 0.5),
+}
+
+
+@dataclass
+class Constrained:
+    """Variation under constraints: offspring are repaired, and resampled when repair cannot help."""
+
+    space: MappingSpace
+
+    def offspring(self, make: Callable[[], Genome], rng: random.Random, tries: int = 20) -> Genome:
+        for _ in range(tries):
+            g = self.space.repair(make(), rng)
+            if self.space.valid(g):
+                return g
+        return self.space.sample(rng)
