@@ -132,10 +132,7 @@ class GeneticSearch:
                     a, b = (list(x) for x in self.crossover(list(a), list(b)))
             children.extend([a, b])
         children = [
-            self.constrained.offspring(
-                lambda c=c: self.space.mutate(c, self.rng) if self.rng.random() < self.mutpb else list(c),
-                self.rng,
-            )
+            self.constrained.variant(c, self.rng, mutate=self.rng.random() < self.mutpb)
             for c in children[: self.size]
         ]
         children = self._novel(children[: self.size - self.elite])
@@ -152,9 +149,7 @@ class GeneticSearch:
             for _ in range(10):
                 if key(c) not in seen:
                     break
-                c = self.constrained.offspring(
-                    lambda c=c: self.space.mutate(c, self.rng, indpb=0.5), self.rng
-                )
+                c = self.constrained.variant(c, self.rng, mutate=True, indpb=0.5)
             seen.add(key(c))
             out.append(c)
         return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import IntDistribution
+from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -56,7 +56,9 @@ class TrialRecorder:
 
     def record(self, mapping: LayerMapping, fitness: float | None, attrs: dict[str, Any]) -> None:
         params = {f"student_layer_{m}": t or 0 for m, t in enumerate(mapping.targets, start=1)}
-        dists = {name: IntDistribution(0, self.teacher_layers) for name in params}
+        dists: dict[str, BaseDistribution] = {
+            name: IntDistribution(0, self.teacher_layers) for name in params
+        }
         trial = optuna.trial.create_trial(
             state=TrialState.COMPLETE if fitness is not None else TrialState.FAIL,
             value=fitness,
@@ -107,10 +109,10 @@ class MappingSearcher(Searcher):
             if self.on_generation is not None:
                 self.on_generation(self.ga)
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    def suggest(self, trial_id: str) -> dict | None:  # or Searcher.FINISHED (a str), as Tune expects
         self._settle()
         if self.ga.finished:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]
         busy = {key(g) for g in self.in_flight.values()}
         for g in self.ga.ask():
             if key(g) not in busy:

@@ -176,9 +176,15 @@ class Constrained:
 
     space: MappingSpace
 
-    def offspring(self, make: Callable[[], Genome], rng: random.Random, tries: int = 20) -> Genome:
+    def variant(
+        self, genome: Genome, rng: random.Random, mutate: bool, indpb: float = 0.3, tries: int = 20
+    ) -> Genome:
+        """``genome`` (mutated when asked) repaired to keep the constraints; when repair cannot help,
+        mutated again, and after ``tries`` a fresh valid sample."""
         for _ in range(tries):
-            g = self.space.repair(make(), rng)
+            g = self.space.mutate(genome, rng, indpb) if mutate else list(genome)
+            g = self.space.repair(g, rng)
             if self.space.valid(g):
                 return g
+            mutate = True
         return self.space.sample(rng)
