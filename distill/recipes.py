@@ -45,7 +45,7 @@ def student_spec(config: DistillConfig, teacher: PreTrainedModel) -> StudentSpec
     return StudentSpec(s.layers, base.hidden, s.heads or base.heads, s.intermediate or base.intermediate)
 
 
-def _importance_batches(data: Dataset, n: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+def importance_batches(data: Dataset, n: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     batches = itertools.islice(LengthBucketBatches(data["length"], 16, shuffle=True, seed=0), n)
     cols = [c for c in ("input_ids", "token_type_ids") if c in data.column_names]
     rows = data.select_columns(cols)
@@ -64,7 +64,7 @@ def initial_student(
     batches = None
     if config.student.init == "extract" and config.student.importance_batches:
         data = tokenize_texts(list(sample_texts)[:2000], tok, config.max_length)
-        batches = _importance_batches(data, config.student.importance_batches, tok.pad_token_id or 0)
+        batches = importance_batches(data, config.student.importance_batches, tok.pad_token_id or 0)
     return build_student(spec, teacher, config.student.init, layer_sources, importance_batches=batches)
 
 

@@ -101,6 +101,7 @@ def build_student(
     num_labels: int | None = None,
     importance_batches: Iterable[dict[str, torch.Tensor]] | None = None,
     seed: int = 0,
+    importance_scores: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PreTrainedModel:
     """Build a student (``BertModel``, or ``BertForSequenceClassification`` with ``num_labels``).
 
@@ -148,7 +149,9 @@ def build_student(
                 "must equal "
                 f"the teacher's ({tcfg.hidden_size // tcfg.num_attention_heads})"
             )
-        keep = _Keep.by_importance(teacher, spec, sources, importance_batches)
+        if importance_scores is None and importance_batches is not None:
+            importance_scores = importance(teacher, importance_batches)
+        keep = _Keep.by_importance(teacher, spec, sources, importance_scores)
     _transplant(teacher, student, sources, keep)
     return student
 
@@ -186,9 +189,9 @@ class _Keep:
         teacher: PreTrainedModel,
         spec: StudentSpec,
         sources: Sequence[int],
-        batches: Iterable[dict[str, torch.Tensor]] | None,
+        scores: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> _Keep:
-        head_imp, neuron_imp = importance(teacher, batches) if batches is not None else (None, None)
+        head_imp, neuron_imp = scores if scores is not None else (None, None)
         if head_imp is None:
             log.warning("no importance batches: keeping the first heads and neurons of each layer")
         emb = _bert(teacher).embeddings.word_embeddings.weight.detach()

@@ -361,6 +361,68 @@ def distill(
     )
 
 
+# --------------------------------------------------------------------------- search
+
+search_app = typer.Typer(help="Search layer mappings or architectures on proxies, as Ray Tune trials.")
+app.add_typer(search_app, name="search")
+
+
+@search_app.command("mapping")
+def search_mapping(
+    config: Annotated[
+        Path, typer.Argument(help="Run config (YAML): search.mapping, proxy, distill.student.")
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (auto, or host:port); default: Ray on this machine."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in output_dir; finished trials are kept.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the layer mapping with a genetic algorithm (DEAP) on proxies, beside the uniform and
+    last-layers baselines and random search at the same budget. Every trial lands in the run's Optuna
+    storage; the GA state is checkpointed every generation."""
+    from distilnas.search.config import load_config
+    from distilnas.search.mapping_search import run_mapping_search
+
+    cfg = load_config(config)
+    setup_logging(cfg.output_dir / "search-mapping" / "search.log")
+    results = run_mapping_search(cfg, resume=resume, address=address)
+    table = Table(title=f"layer-mapping search ({results['mode']}), proxy fitness")
+    for col in ("strategy", "mapping", "fitness", "evaluations"):
+        table.add_column(col)
+    ga = results["ga"]
+    if ga["best"]:
+        table.add_row("GA best", ga["best"]["mapping"], fmt(ga["best"]["fitness"]), str(ga["evaluations"]))
+    for name, value in results["baselines"].items():
+        table.add_row(name, "", fmt(value) if value is not None else "failed", "1")
+    rnd = results.get("random")
+    if rnd and rnd["best"]:
+        table.add_row(
+            "random best", rnd["best"]["mapping"], fmt(rnd["best"]["fitness"]), str(rnd["evaluations"])
+        )
+    emit(results, as_json, table)
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+@app.command()
+def dashboard(
+    run: Annotated[Path, typer.Argument(help="A run folder (the config's output_dir).")],
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+) -> None:
+    """Start optuna-dashboard on the run's Optuna storage (every trial of its searches)."""
+    from distilnas.results.dashboard import serve
+
+    setup_logging()
+    err.print(f"optuna-dashboard for {run} on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(run, host, port)
+
+
 # --------------------------------------------------------------------------- latency
 
 

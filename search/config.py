@@ -27,21 +27,28 @@ from distilnas.distill.errors import ConfigError
 from distilnas.distill.utils import default_cache_dir, fingerprint
 from distilnas.proxies.config import ProxyConfig
 
+Constraint = Literal["monotone", "no_repeats", "supervised"]
+CONSTRAINT_NAMES: tuple[Constraint, ...] = ("monotone", "no_repeats", "supervised")
+
 
 class MappingSearchConfig(Strict):
     """The genetic-algorithm layer-mapping search."""
 
-    student_layers: int = Field(3, gt=0)
-    student_hidden: int | None = Field(None, gt=0)
-    """Hidden size of the student; empty: the teacher's (so layers can be copied)."""
     population: int = Field(8, gt=1)
     generations: int = Field(3, gt=0)
     crossover: float = Field(0.7, ge=0, le=1)
     mutation: float = Field(0.3, ge=0, le=1)
     tournament: int = Field(3, gt=1)
-    hall_of_fame: int = Field(3, gt=0)
-    monotone: bool = True
+    hall_of_fame: int = Field(2, ge=0)
+    """Elites carried into every generation."""
+    crossover_kind: Literal["one_point", "uniform"] = "one_point"
+    constraints: list[Constraint] = Field(default_factory=lambda: list(CONSTRAINT_NAMES))
+    """Rules every mapping keeps (each switchable)."""
     mode: Literal["task-agnostic", "task-specific"] = "task-agnostic"
+    """Task-agnostic: general distillation with the mapping, then fine-tuning on each proxy task.
+    Task-specific: task distillation with the mapping on each proxy task."""
+    random_baseline: bool = True
+    """Also run random search at the GA's evaluation budget."""
 
     @model_validator(mode="after")
     def _sizes(self) -> MappingSearchConfig:

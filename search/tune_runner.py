@@ -23,26 +23,13 @@ from ray.tune.search import Searcher
 
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json
+from distilnas.results.storage import open_storage
 from distilnas.search.ga import FAILED, GeneticSearch, key
 from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
-    """The run's Optuna storage: a journal file in the run folder, or the configured RDB URL."""
-    if url is None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:
-        raise UserError(f"storage.url {url!r}: cannot open ({type(exc).__name__}: {exc})") from None
 
 
 class TrialRecorder:
@@ -91,12 +78,14 @@ class MappingSearcher(Searcher):
         checkpoint: Path | None = None,
         metric: str = "fitness",
         on_generation: Callable[[GeneticSearch], None] | None = None,
+        source: str = "ga",
     ) -> None:
         super().__init__(metric=metric, mode="max")
         self.ga = ga
         self.recorder = recorder
         self.checkpoint = checkpoint
         self.on_generation = on_generation
+        self.source = source
         self.in_flight: dict[str, list[int]] = {}
         self.seconds: list[float] = []
 
@@ -126,7 +115,7 @@ class MappingSearcher(Searcher):
             return
         fitness = None if error or not result or self.metric not in result else float(result[self.metric])
         self.ga.tell(genome, fitness)
-        attrs = {"generation": self.ga.generation, "source": "ga"}
+        attrs = {"generation": self.ga.generation, "source": self.source}
         if result:
             attrs |= {k: v for k, v in result.items() if k.startswith("score_") or k == "seconds"}
             if "seconds" in result:
@@ -144,10 +133,14 @@ class MappingSearcher(Searcher):
         self.ga.load_state_dict(json.loads(Path(checkpoint_path).read_text())["ga"])
 
 
-def mapping_trial(config: dict[str, Any], fitness: Callable[[str], dict[str, float]]) -> None:
+def mapping_trial(
+    config: dict[str, Any], fitness: Callable[[str], dict[str, float]], threads: int = 1
+) -> None:
     """The Tune trainable: evaluate one mapping, report its fitness and how long it took."""
+    import torch
     from ray import tune
 
+    torch.set_num_threads(threads)  # as many as the trial's CPUs: parallel trials must not oversubscribe
     start = time.perf_counter()
     scores = fitness(config["mapping"])
     tune.report(
@@ -188,7 +181,8 @@ def run_searcher(
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(mapping_trial, fitness=fitness), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+        tune.with_parameters(mapping_trial, fitness=fitness, threads=max(1, int(cpus_per_trial))),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
     tuner = tune.Tuner(
         trainable,

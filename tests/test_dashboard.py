@@ -1,0 +1,84 @@
+"""`distilnas dashboard RUN` serves the run's Optuna study over HTTP (checked with real requests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from distilnas.results.storage import open_storage
+from distilnas.search.tune_runner import TrialRecorder
+from distilnas.spaces.mapping import LayerMapping
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_run(tmp_path: Path) -> Path:
+    stage = tmp_path / "run" / "search-mapping"
+    recorder = TrialRecorder(open_storage(None, stage), "distilnas-mapping", (2, 6))
+    for i, targets in enumerate([(2, 4), (3, 6), (1, 5)]):
+        recorder.record(LayerMapping(targets, 6), float(i), {"source": "ga", "generation": 0})
+    recorder.record(LayerMapping((1, 2), 6), None, {"source": "ga", "generation": 0})
+    return tmp_path / "run"
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_dashboard_serves_the_study(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distilnas", "dashboard", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    try:
+        studies = None
+        for _ in range(120):
+            try:
+                studies = get(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert studies is not None, "the dashboard did not answer"
+        [study] = studies["study_summaries"]
+        assert study["study_name"] == "distilnas-mapping"
+        detail = get(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}")
+        states = sorted(t["state"] for t in detail["trials"])
+        assert states == ["Complete", "Complete", "Complete", "Fail"]
+        mappings = {a["value"] for t in detail["trials"] for a in t["user_attrs"] if a["key"] == "mapping"}
+        assert mappings == {"2,4/6", "3,6/6", "1,5/6", "1,2/6"}
+        # a second dashboard on the same port is refused with one line and exit code 2
+        busy = subprocess.run(
+            [sys.executable, "-m", "distilnas", "dashboard", str(run), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert busy.returncode == 2 and f"--port {port}: already in use" in busy.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_dashboard_needs_a_run_with_storage(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "distilnas", "dashboard", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no Optuna storage in this run folder" in proc.stderr
