@@ -100,10 +100,29 @@ def search_with(
     if folded:
         log.info("%s: %d finished trials taken from the storage", source, folded)
     searcher = MappingSearcher(strategy, recorder, checkpoint, source=source)
-    run_searcher(
+    searcher.wall = run_searcher(
         searcher, fitness, run_dir, source, ray.cpus_per_trial, ray.gpus_per_trial, ray.max_concurrent
     )
     return searcher
+
+
+def tune_overhead(searchers: list[MappingSearcher], slots: int) -> dict[str, float]:
+    """Ray Tune's own cost per trial (scheduling, worker start-up, reporting): the wall time the slots
+    were held, less the time trials spent evaluating, per trial and relative to a trial's time."""
+    wall = sum(s.wall for s in searchers)
+    inner = [x for s in searchers for x in s.seconds]
+    if not inner:
+        return {}
+    per_trial = max(0.0, wall * slots - sum(inner)) / len(inner)
+    mean = sum(inner) / len(inner)
+    return {
+        "wall_seconds": wall,
+        "trials": len(inner),
+        "mean_trial_seconds": mean,
+        "overhead_seconds_per_trial": per_trial,
+        "overhead_fraction": per_trial / mean,
+        "slots": slots,
+    }
 
 
 def check_run_folder(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
@@ -160,7 +179,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
 
     baselines = {"uniform": LayerMapping.uniform(m, n), "last": LayerMapping.last(m, n)}
     base = ListSearch(space, [space.encode(b) for b in baselines.values()])
-    run(base, "baseline")
+    base_searcher = run(base, "baseline")
 
     ga = GeneticSearch(
         space,
@@ -177,6 +196,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     if resume and state_file.is_file():
         ga.load_state_dict(json.loads(state_file.read_text())["ga"])
     searcher = run(ga, "ga", state_file)
+    searchers = [base_searcher, searcher]
 
     results: dict[str, Any] = {
         "space": {
@@ -197,7 +217,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     }
     if scfg.random_baseline:
         rnd = ListSearch(space, random_genomes(space, len(ga.memo), cfg.seed + 1))
-        run(rnd, "random")
+        searchers.append(run(rnd, "random"))
         ranked = sorted(((g, f) for g, f in rnd.memo.items() if f != float("-inf")), key=lambda x: -x[1])
         results["random"] = {
             "best": {
@@ -208,6 +228,13 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
             else None,
             "evaluations": len(rnd.memo),
         }
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    slots = max(1, int(cpus // cfg.ray.cpus_per_trial))
+    if cfg.ray.max_concurrent:
+        slots = min(slots, cfg.ray.max_concurrent)
+    results["ray"] = tune_overhead(searchers, slots)
     atomic_write_json(run_dir / "results.json", results)
     write_report(run_dir, results, recorder)
     return results

@@ -88,6 +88,7 @@ class MappingSearcher(Searcher):
         self.source = source
         self.in_flight: dict[str, list[int]] = {}
         self.seconds: list[float] = []
+        self.wall = 0.0  # seconds the Tune run took, set by whoever runs it
 
     def _settle(self) -> None:
         """Breed while the current generation is fully known (memoised mappings need no trial)."""
