@@ -6,10 +6,12 @@ stderr. Bad input (a config field, a file, a task name) is one line on stderr an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,6 +69,21 @@ def emit(obj: dict[str, Any], as_json: bool, table: Table | None = None) -> None
         sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
     elif table is not None:
         out.print(table)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (file descriptor 1, so Ray's and its workers' prints too) to
+    stderr for the block, keeping stdout for the one JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def glue_dir_or_env(glue_dir: Path | None) -> Path | None:
@@ -389,7 +406,8 @@ def search_mapping(
 
     cfg = load_config(config)
     setup_logging(cfg.output_dir / "search-mapping" / "search.log")
-    results = run_mapping_search(cfg, resume=resume, address=address)
+    with stdout_to_stderr():
+        results = run_mapping_search(cfg, resume=resume, address=address)
     table = Table(title=f"layer-mapping search ({results['mode']}), proxy fitness")
     for col in ("strategy", "mapping", "fitness", "evaluations"):
         table.add_column(col)

@@ -1,0 +1,121 @@
+"""`distilnas search mapping` end to end on a tiny teacher, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import BertConfig, BertModel
+
+from distilnas.distill.teacher import wordpiece_tokenizer
+
+
+@pytest.fixture(scope="module")
+def teacher4(tmp_path_factory: pytest.TempPathFactory, vocab: Path) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("teacher4")
+    cfg = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).save_pretrained(folder)
+    wordpiece_tokenizer(vocab).save_pretrained(folder)
+    return folder
+
+
+def config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(
+        f"""
+teacher:
+  name: {teacher}
+  train: {{epochs: 1, train_limit: 32, batch_size: 16, max_length: 32}}
+data:
+  glue_dir: {glue_dir}
+  cache_dir: {tmp_path / "cache"}
+  corpus: {{files: [{corpus_dir / "wikisplit" / "tune.tsv"}]}}
+proxy: {{tasks: [rte], corpus_fraction: 0.01, train_examples: 32, general_steps: 2, task_steps: 2}}
+distill:
+  student: {{layers: 2, init: copy}}
+  max_length: 32
+  general: {{losses: {{embedding_mse: 1, hidden_mse: 1}}, batch_size: 16}}
+  baseline: {{batch_size: 16}}
+search:
+  mapping: {{population: 3, generations: 2, tournament: 2, hall_of_fame: 1}}
+ray: {{cpus_per_trial: 1}}
+output_dir: {tmp_path / "run"}
+{extra}
+"""
+    )
+    return cfg
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_ADDRESS="")
+    return subprocess.run(
+        [sys.executable, "-m", "distilnas", *args], capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+def test_search_mapping_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, teacher4, glue_dir, corpus_dir)
+    proc = run("search", "mapping", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    assert results["space"] == {
+        "student_layers": 2,
+        "teacher_layers": 4,
+        "constraints": ["monotone", "no_repeats", "supervised"],
+        "size": 6,
+    }
+    assert set(results["baselines"]) == {"uniform", "last"}
+    assert all(isinstance(v, float) for v in results["baselines"].values())
+    assert results["ga"]["best"]["fitness"] == max(f["fitness"] for f in results["ga"]["hall_of_fame"])
+    assert len(results["ga"]["logbook"]) == 2
+    assert results["random"]["evaluations"] == results["ga"]["evaluations"]
+    stage = tmp_path / "run" / "search-mapping"
+    for name in ("results.json", "report.html", "ga_state.json", "optuna.journal", "proxy.json"):
+        assert (stage / name).is_file(), name
+    assert "plotly" in (stage / "report.html").read_text()[:20000].lower()
+    # a second run in the same folder without --resume is refused; with --resume nothing is evaluated again
+    again = run("search", "mapping", str(cfg))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = run("search", "mapping", str(cfg), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads(resumed.stdout)["ga"] == results["ga"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"search": {"mapping": {"population": 2, "tournament": 3}}}, "smaller than the tournament (3)"),
+        ({"proxy": {"tasks": ["rte", "sst3"]}}, "proxy.tasks[1]: unknown GLUE task 'sst3'"),
+        ({"distill": {"student": {"layers": 6}}}, "a 6-layer student is deeper than its 4-layer teacher"),
+        ({"ray": {"address": "127.0.0.1:1"}}, "ray.address '127.0.0.1:1': cannot connect"),
+        ({"storage": {"url": "nosuchdb://x"}}, "storage.url 'nosuchdb://x': cannot open"),
+    ],
+)
+def test_search_mapping_bad_input(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    data = yaml.safe_load(config(tmp_path, teacher4, glue_dir, corpus_dir).read_text())
+    for section, values in change.items():
+        merged = data.get(section, {})
+        for k, v in values.items():
+            merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+        data[section] = merged
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    proc = run("search", "mapping", str(bad))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not list((tmp_path / "run").glob("search-mapping/ray/*"))  # no trial started
