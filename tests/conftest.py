@@ -37,19 +37,23 @@ def corpus_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT with random weights and the BERT uncased tokenizer, saved as a folder."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), layers=2)
+
+
+def save_tiny_bert(folder: Path, layers: int, hidden: int = 32, heads: int = 2) -> Path:
+    """Save a random-weight BERT of the given shape (FFN 2x hidden) with the BERT uncased tokenizer."""
     import torch
     from transformers import BertConfig, BertModel
 
     from distilnas.distill.teacher import wordpiece_tokenizer
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(
         vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)

@@ -9,27 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import BertConfig, BertModel
-
-from distilnas.distill.teacher import wordpiece_tokenizer
 
 
 @pytest.fixture(scope="module")
-def teacher4(tmp_path_factory: pytest.TempPathFactory, vocab: Path) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("teacher4")
-    cfg = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    wordpiece_tokenizer(vocab).save_pretrained(folder)
-    return folder
+def teacher4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("teacher4"), layers=4)
 
 
 def config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path, extra: str = "") -> Path:
