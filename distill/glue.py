@@ -78,6 +78,16 @@ class GlueTask:
 _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
 
+
+def _standard(texts: tuple[str, ...], label: str, index: str = "index") -> dict[str, TsvLayout]:
+    """The usual layout: train.tsv and dev.tsv with a header and a label column, test.tsv with an index."""
+    return {
+        "train": TsvLayout("train.tsv", texts=texts, label=label),
+        "validation": TsvLayout("dev.tsv", texts=texts, label=label),
+        "test": TsvLayout("test.tsv", texts=texts, index=index),
+    }
+
+
 GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in [
@@ -100,11 +110,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             text_fields=("sentence",),
             label_names=("negative", "positive"),
             metrics=("accuracy",),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("sentence",), label="label"),
-                "validation": TsvLayout("dev.tsv", texts=("sentence",), label="label"),
-                "test": TsvLayout("test.tsv", texts=("sentence",), index="index"),
-            },
+            layouts=_standard(("sentence",), "label"),
             submission={"test": "SST-2.tsv"},
         ),
         GlueTask(
@@ -113,11 +119,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             text_fields=("sentence1", "sentence2"),
             label_names=("not_equivalent", "equivalent"),
             metrics=("f1", "accuracy"),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("#1 String", "#2 String"), label="Quality"),
-                "validation": TsvLayout("dev.tsv", texts=("#1 String", "#2 String"), label="Quality"),
-                "test": TsvLayout("test.tsv", texts=("#1 String", "#2 String"), index="index"),
-            },
+            layouts=_standard(("#1 String", "#2 String"), "Quality"),
             submission={"test": "MRPC.tsv"},
         ),
         GlueTask(
@@ -126,11 +128,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             text_fields=("sentence1", "sentence2"),
             label_names=None,
             metrics=("pearson", "spearman"),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("sentence1", "sentence2"), label="score"),
-                "validation": TsvLayout("dev.tsv", texts=("sentence1", "sentence2"), label="score"),
-                "test": TsvLayout("test.tsv", texts=("sentence1", "sentence2"), index="index"),
-            },
+            layouts=_standard(("sentence1", "sentence2"), "score"),
             submission={"test": "STS-B.tsv"},
         ),
         GlueTask(
@@ -139,11 +137,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             text_fields=("question1", "question2"),
             label_names=("not_duplicate", "duplicate"),
             metrics=("f1", "accuracy"),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("question1", "question2"), label="is_duplicate"),
-                "validation": TsvLayout("dev.tsv", texts=("question1", "question2"), label="is_duplicate"),
-                "test": TsvLayout("test.tsv", texts=("question1", "question2"), index="id"),
-            },
+            layouts=_standard(("question1", "question2"), "is_duplicate", "id"),
             submission={"test": "QQP.tsv"},
         ),
         GlueTask(
@@ -179,11 +173,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             label_names=_NLI2,
             tsv_label_names=_NLI2,
             metrics=("accuracy",),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("question", "sentence"), label="label"),
-                "validation": TsvLayout("dev.tsv", texts=("question", "sentence"), label="label"),
-                "test": TsvLayout("test.tsv", texts=("question", "sentence"), index="index"),
-            },
+            layouts=_standard(("question", "sentence"), "label"),
             submission={"test": "QNLI.tsv"},
         ),
         GlueTask(
@@ -193,11 +183,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             label_names=_NLI2,
             tsv_label_names=_NLI2,
             metrics=("accuracy",),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("sentence1", "sentence2"), label="label"),
-                "validation": TsvLayout("dev.tsv", texts=("sentence1", "sentence2"), label="label"),
-                "test": TsvLayout("test.tsv", texts=("sentence1", "sentence2"), index="index"),
-            },
+            layouts=_standard(("sentence1", "sentence2"), "label"),
             submission={"test": "RTE.tsv"},
         ),
         GlueTask(
@@ -206,11 +192,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
             text_fields=("sentence1", "sentence2"),
             label_names=("not_entailment", "entailment"),
             metrics=("accuracy",),
-            layouts={
-                "train": TsvLayout("train.tsv", texts=("sentence1", "sentence2"), label="label"),
-                "validation": TsvLayout("dev.tsv", texts=("sentence1", "sentence2"), label="label"),
-                "test": TsvLayout("test.tsv", texts=("sentence1", "sentence2"), index="index"),
-            },
+            layouts=_standard(("sentence1", "sentence2"), "label"),
             submission={"test": "WNLI.tsv"},
         ),
         GlueTask(

@@ -22,9 +22,10 @@ from distilnas.distill.teacher import load_config as load_model_config
 from distilnas.distill.teacher import resolve
 from distilnas.distill.utils import atomic_write_json, atomic_write_text
 from distilnas.proxies.mapping_fitness import MappingFitness, prepare
+from distilnas.results.storage import open_storage
 from distilnas.search.config import RayConfig, RunConfig
 from distilnas.search.ga import GeneticSearch, key
-from distilnas.search.tune_runner import MappingSearcher, TrialRecorder, init_ray, open_storage, run_searcher
+from distilnas.search.tune_runner import MappingSearcher, TrialRecorder, init_ray, run_searcher
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import Genome, MappingSpace
 

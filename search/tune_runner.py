@@ -24,8 +24,7 @@ from ray.tune.search import Searcher
 
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json
-from distilnas.results.storage import open_storage
-from distilnas.search.ga import FAILED, GeneticSearch, key
+from distilnas.search.ga import GeneticSearch, key
 from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
@@ -78,14 +77,12 @@ class MappingSearcher(Searcher):
         recorder: TrialRecorder | None = None,
         checkpoint: Path | None = None,
         metric: str = "fitness",
-        on_generation: Callable[[GeneticSearch], None] | None = None,
         source: str = "ga",
     ) -> None:
         super().__init__(metric=metric, mode="max")
         self.ga = ga
         self.recorder = recorder
         self.checkpoint = checkpoint
-        self.on_generation = on_generation
         self.source = source
         self.in_flight: dict[str, list[int]] = {}
         self.seconds: list[float] = []
@@ -97,8 +94,6 @@ class MappingSearcher(Searcher):
             self.ga.advance()
             if self.checkpoint is not None:
                 self.save(str(self.checkpoint))
-            if self.on_generation is not None:
-                self.on_generation(self.ga)
 
     def suggest(self, trial_id: str) -> dict | None:  # or Searcher.FINISHED (a str), as Tune expects
         self._settle()
@@ -207,6 +202,3 @@ def run_searcher(
     start = time.perf_counter()
     tuner.fit()
     return time.perf_counter() - start
-
-
-__all__ = ["FAILED", "MappingSearcher", "TrialRecorder", "init_ray", "open_storage", "run_searcher"]

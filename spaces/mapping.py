@@ -126,7 +126,3 @@ class LayerMapping:
 
     def __str__(self) -> str:
         return ",".join("-" if t is None else str(t) for t in self.targets) + f"/{self.teacher_layers}"
-
-    @classmethod
-    def of(cls, targets: Iterable[int | None], teacher_layers: int) -> LayerMapping:
-        return cls(tuple(targets), teacher_layers)

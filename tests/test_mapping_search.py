@@ -11,8 +11,9 @@ import pytest
 import ray.cloudpickle as cloudpickle
 
 from distilnas.distill.errors import UserError
+from distilnas.results.storage import open_storage
 from distilnas.search.ga import GeneticSearch, key
-from distilnas.search.tune_runner import MappingSearcher, TrialRecorder, init_ray, open_storage, run_searcher
+from distilnas.search.tune_runner import MappingSearcher, TrialRecorder, init_ray, run_searcher
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace, mut_reset, mut_shift
 
