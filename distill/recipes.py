@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT student with the Auto classes)
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
@@ -91,13 +92,25 @@ def general_distillation(
     return student
 
 
-def with_head(encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
-    """A sequence-classification student whose encoder is ``encoder``'s weights, labelled as the teacher."""
-    cfg = BertConfig.from_dict(encoder.config.to_dict())
+def _label_as(cfg: PretrainedConfig, teacher_config: PretrainedConfig) -> None:
     names: Any = teacher_config.id2label
     cfg.id2label = {int(k): str(v) for k, v in names.items()}
     cfg.label2id = {str(v): int(k) for k, v in names.items()}
     cfg.problem_type = teacher_config.problem_type
+
+
+def with_head(encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
+    """A sequence-classification student whose encoder is ``encoder``'s weights, labelled as the teacher
+    (a BERT, or any registered encoder such as a NAS-BERT student)."""
+    if not isinstance(encoder.config, BertConfig):
+        cfg = type(encoder.config).from_dict(encoder.config.to_dict())
+        _label_as(cfg, teacher_config)
+        torch.manual_seed(0)
+        head = AutoModelForSequenceClassification.from_config(cfg)
+        head.base_model.load_state_dict(encoder.state_dict())
+        return head
+    cfg = BertConfig.from_dict(encoder.config.to_dict())
+    _label_as(cfg, teacher_config)
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
     model = BertForSequenceClassification(cfg)

@@ -430,6 +430,65 @@ def search_mapping(
     emit(results, as_json, table)
 
 
+@search_app.command("supernet")
+def search_supernet(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML): search.supernet, teacher, data.corpus.")],
+    address: AddressOpt = None,
+    resume: ResumeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search student architectures NAS-BERT-style: a weight-sharing supernet trained block by block
+    against the teacher (each block a Ray Tune trial, checkpointed every epoch), progressive shrinking,
+    NSGA-II over whole students, and the best re-scored with inherited weights. Prints the Pareto front
+    over (proxy loss, parameters, latency); its students are saved as transformers folders."""
+    from distilnas.search.config import load_config
+    from distilnas.search.supernet_search import checked_space, run_supernet_search
+
+    cfg = load_config(config)
+    checked_space(cfg)  # bad settings fail before anything is written
+    setup_logging(cfg.output_dir / "search-supernet" / "search.log")
+    with stdout_to_stderr():
+        results = run_supernet_search(cfg, resume=resume, address=address)
+    lat, cost = results["latency"], results["cost"]
+    table = Table(
+        title=f"supernet front: {len(results['front'])} students spanning "
+        f"{fmt(results['front_params_span'] or 0)}x in parameters; latency MAPE {fmt(lat['mape_percent'])}%; "
+        f"inherited scoring {100 * (cost['score_share_of_training'] or 0):.3f}% of supernet training"
+    )
+    for col in ("student", "path", "params (M)", "predicted ms", "measured ms", "proxy loss", "front"):
+        table.add_column(col)
+    for r in results["students"]:
+        table.add_row(
+            r.get("name", ""),
+            r["path"],
+            f"{r['params'] / 1e6:.2f}",
+            fmt(r["predicted_ms"]),
+            fmt(r["measured_ms"]),
+            f"{r['inherited_loss']:.4f}",
+            "yes" if r["front"] else "",
+        )
+    emit(results, as_json, table)
+
+
+@search_app.command("extract")
+def search_extract(
+    run: Annotated[Path, typer.Argument(help="A run folder whose supernet blocks are trained.")],
+    path: Annotated[
+        str, typer.Argument(help='A path of the space, block by block: "256:mha,ffn,id,id|128:conv3,...".')
+    ],
+    to: Annotated[Path, typer.Option(help="Where to save the student (a new folder).")],
+) -> None:
+    """Extract any path of a trained supernet as a standalone student with the supernet's weights: a
+    transformers folder (NAS-BERT model, tokenizer) that loads with AutoModel once distilnas is
+    imported, and distils and fine-tunes like any student."""
+    from distilnas.search.supernet_search import extract_student
+
+    setup_logging()
+    with stdout_to_stderr():
+        out = extract_student(run, path, to)
+    err.print(f"saved {out['path']} ({out['params'] / 1e6:.2f} M parameters) in {to}")
+
+
 @app.command()
 def fidelity(
     run: Annotated[
@@ -576,24 +635,14 @@ def space_count(
     as_json: JsonOpt = False,
 ) -> None:
     """Count the paths of the config's architecture space exactly: per block and in total."""
-    from distilnas.distill.teacher import load_config as load_model_config
-    from distilnas.distill.teacher import resolve
     from distilnas.search.config import load_config
-    from distilnas.spaces.nas_space import NasSpace
+    from distilnas.search.supernet_search import nas_space
 
     cfg = load_config(config)
-    tcfg = load_model_config(resolve(cfg.teacher.name))
-    sn = cfg.search.supernet
     try:
-        space = NasSpace(
-            int(tcfg.num_hidden_layers),
-            int(tcfg.hidden_size),
-            sn.blocks,
-            tuple(sn.hidden_sizes),
-            tuple(sn.operations),
-        )
+        space = nas_space(cfg)
     except UserError as exc:
-        raise UserError(f"{config}: search.supernet.{exc}") from None
+        raise UserError(f"{config}: {exc}") from None
     out = {
         "layers": space.layers,
         "blocks": space.blocks,

@@ -73,6 +73,27 @@ class SupernetSearchConfig(Strict):
         ["mha", "ffn", "conv3", "conv5", "conv7"], min_length=1
     )
     """Operations a layer may take besides identity."""
+    corpus_fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of the corpus the blocks train on (its teacher hidden states are cached once)."""
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    warmup_epochs: int = Field(3, ge=1)
+    """Epochs over the corpus sample, one uniformly sampled path per step, before shrinking starts
+    (NAS-BERT: 3)."""
+    bins: int = Field(10, gt=0)
+    """Progressive shrinking: each block's paths fall into this many bins by parameters and as many by
+    latency (quantiles; NAS-BERT: 10)."""
+    paths_per_bin: int = Field(2000, gt=1)
+    """Paths sampled into each bin when shrinking starts (NAS-BERT: 2000)."""
+    keep_per_bin: int = Field(10, gt=0)
+    """Shrinking halves each bin every epoch until this many remain (NAS-BERT: 10)."""
+    score_batches: int = Field(5, gt=0)
+    """Held-out corpus batches a path is scored on (NAS-BERT: 5)."""
+    population: int = Field(32, gt=1)
+    """NSGA-II population over whole students (block candidates combined)."""
+    generations: int = Field(20, gt=0)
+    rescore: int = Field(16, gt=0)
+    """Students of the estimated front re-scored end to end with inherited weights."""
 
 
 class SearchConfig(Strict):

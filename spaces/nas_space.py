@@ -17,10 +17,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from distilnas.distill import nas_bert
 from distilnas.distill.errors import UserError
+from distilnas.distill.nas_bert import IDENTITY, block_parameters
 
-OPERATIONS = ("mha", "ffn", "conv3", "conv5", "conv7")
-IDENTITY = "id"
+OPERATIONS: tuple[str, ...] = tuple(nas_bert.OPERATIONS)  # mha, ffn, conv3, conv5, conv7
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class NasSpace:
     blocks: int
     hidden_sizes: tuple[int, ...]
     operations: tuple[str, ...] = OPERATIONS
+    vocab_size: int = 30522
+    max_positions: int = 512
+    type_vocab: int = 2
 
     def __post_init__(self) -> None:
         if self.blocks < 1 or (2 * self.teacher_layers) % self.blocks:
@@ -84,6 +88,35 @@ class NasSpace:
     def count(self) -> int:
         """Paths of the whole network (blocks choose independently)."""
         return self.block_count() ** self.blocks
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def embeddings(self) -> tuple[int, int, int]:
+        return (self.vocab_size, self.max_positions, self.type_vocab)
+
+    def block_params(self, position: int, block: BlockPath) -> int:
+        """Exact parameters of ``block`` at block ``position`` (0: with the embeddings) when extracted."""
+        emb = self.embeddings if position == 0 else None
+        return block_parameters(block.hidden, block.ops, self.teacher_hidden, emb)
+
+    def params(self, path: Sequence[BlockPath]) -> int:
+        """Exact parameters of the extracted student (the encoder; a task head adds its own)."""
+        return sum(self.block_params(i, b) for i, b in enumerate(path))
+
+    def boundaries(self) -> list[int]:
+        """The teacher layer each block's output stands for. Block boundaries must fall between teacher
+        layers (an even number of layers per block): the cache holds hidden states only there."""
+        if self.block_layers % 2:
+            raise UserError(
+                f"blocks: {self.blocks} blocks of {self.block_layers} layers end inside a teacher layer; "
+                f"choose a block count that divides the teacher's {self.teacher_layers} layers"
+            )
+        return [(i + 1) * self.block_layers // 2 for i in range(self.blocks)]
+
+    def student_blocks(self, path: Sequence[BlockPath]) -> list[dict[str, object]]:
+        """The path as a NAS-BERT student config's ``blocks`` (identities dropped)."""
+        return [{"hidden": b.hidden, "ops": list(b.ops[: b.depth])} for b in path]
 
     # ------------------------------------------------------------------ paths
 

@@ -1,0 +1,413 @@
+"""NAS-BERT's operations and the standalone NAS-BERT student, a registered transformers model.
+
+Every operation is built at a *width* and runs at any hidden size up to it by slicing its tensors to their
+leading rows and columns; that is how the supernet shares weights across sizes (spaces/supernet.py).
+A standalone student builds each operation at exactly its block's size, so slicing is the identity there,
+and extracting a path from the supernet is copying each tensor's leading slice under the same name.
+
+A student is a chain of blocks. Block 1 starts from the embeddings at its hidden size; every later block
+starts with a learned projection from the teacher's width. Every block ends with a projection back to the
+teacher's width, so the hidden state at each block boundary is comparable with the teacher's at the
+matching layer (``hidden_states[b]`` is block b's output; ``hidden_states[0]``, the embedding output, is
+at block 1's size). Layers are post-LayerNorm residual, as in BERT.
+
+Departures from NAS-BERT (Xu et al., KDD 2021), said here once:
+- the embeddings belong to block 1 and take its hidden size (NAS-BERT's 5M- and 10M-parameter models
+  cannot carry 768-wide embeddings either); the supernet starts them from the teacher's tables rotated
+  onto their principal directions, so a slice of the first h columns is the best rank-h start;
+- separable convolution is a depthwise convolution (kernel k) then a pointwise linear map, with GELU;
+- heads = hidden // 64 (at least 1), the feed-forward inner size 4x hidden, as the issue fixes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+
+MODEL_TYPE = "nas-bert"
+
+
+def heads_for(hidden: int) -> int:
+    return max(1, hidden // 64)
+
+
+class SlicedLinear(nn.Linear):
+    """A linear map that runs on the leading ``in_features`` inputs and ``out_features`` outputs."""
+
+    def forward(self, x: torch.Tensor, out_features: int | None = None) -> torch.Tensor:
+        o = out_features or self.out_features
+        return F.linear(x, self.weight[:o, : x.shape[-1]], self.bias[:o])
+
+
+class SlicedLayerNorm(nn.LayerNorm):
+    """LayerNorm over the input's width, with the leading slice of its scale and shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1]
+        return F.layer_norm(x, (h,), self.weight[:h], self.bias[:h], self.eps)
+
+
+class Operation(nn.Module):
+    """One layer of the chain: ``LayerNorm(x + dropout(f(x)))`` at the input's width (post-LN, as BERT)."""
+
+    def __init__(self, width: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = SlicedLayerNorm(width, eps=eps)
+        self.dropout = dropout
+
+    def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = F.dropout(self.transform(x, mask), self.dropout, self.training)
+        return self.norm(x + y)
+
+    @staticmethod
+    def parameters_at(h: int) -> int:
+        """Parameters of the operation built at width ``h`` (its LayerNorm included)."""
+        raise NotImplementedError
+
+
+class MultiHeadAttention(Operation):
+    def __init__(self, width: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__(width, eps, dropout)
+        self.query = SlicedLinear(width, width)
+        self.key = SlicedLinear(width, width)
+        self.value = SlicedLinear(width, width)
+        self.output = SlicedLinear(width, width)
+
+    def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        n = heads_for(h)
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, n, h // n).transpose(1, 2)
+
+        q, k, v = split(self.query(x, h)), split(self.key(x, h)), split(self.value(x, h))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.output(y.transpose(1, 2).reshape(b, t, h), h)
+
+    @staticmethod
+    def parameters_at(h: int) -> int:
+        return 4 * (h * h + h) + 2 * h
+
+
+class FeedForward(Operation):
+    def __init__(self, width: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__(width, eps, dropout)
+        self.up = SlicedLinear(width, 4 * width)
+        self.down = SlicedLinear(4 * width, width)
+
+    def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1]
+        return self.down(F.gelu(self.up(x, 4 * h)), h)
+
+    @staticmethod
+    def parameters_at(h: int) -> int:
+        return 8 * h * h + 7 * h
+
+
+class SeparableConv(Operation):
+    """Depthwise convolution over tokens (padding zeroed first, so it never leaks in), GELU, pointwise."""
+
+    kernel = 3
+
+    def __init__(self, width: int, eps: float = 1e-12, dropout: float = 0.0) -> None:
+        super().__init__(width, eps, dropout)
+        self.depthwise = nn.Conv1d(width, width, self.kernel, padding=self.kernel // 2, groups=width)
+        self.pointwise = SlicedLinear(width, width)
+
+    def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1]
+        x = (x * mask[..., None]).transpose(1, 2)
+        w, bias = self.depthwise.weight[:h], self.depthwise.bias
+        y = F.conv1d(x, w, None if bias is None else bias[:h], padding=self.kernel // 2, groups=h)
+        return self.pointwise(F.gelu(y.transpose(1, 2)), h)
+
+    @classmethod
+    def parameters_at(cls, h: int) -> int:
+        return h * h + (cls.kernel + 4) * h
+
+
+class SeparableConv3(SeparableConv):
+    kernel = 3
+
+
+class SeparableConv5(SeparableConv):
+    kernel = 5
+
+
+class SeparableConv7(SeparableConv):
+    kernel = 7
+
+
+OPERATIONS: dict[str, type[Operation]] = {
+    "mha": MultiHeadAttention,
+    "ffn": FeedForward,
+    "conv3": SeparableConv3,
+    "conv5": SeparableConv5,
+    "conv7": SeparableConv7,
+}
+IDENTITY = "id"
+
+
+class SlicedEmbeddings(nn.Module):
+    """Word, position and segment embeddings summed, then LayerNorm, at a hidden size up to ``width``."""
+
+    def __init__(
+        self, vocab: int, positions: int, types: int, width: int, eps: float, dropout: float
+    ) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab, width)
+        self.position = nn.Embedding(positions, width)
+        self.segment = nn.Embedding(types, width)
+        self.norm = SlicedLayerNorm(width, eps=eps)
+        self.dropout = dropout
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, hidden: int) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        x = (
+            F.embedding(input_ids, self.word.weight[:, :hidden])
+            + F.embedding(pos, self.position.weight[:, :hidden])
+            + F.embedding(token_type_ids, self.segment.weight[:, :hidden])
+        )
+        return F.dropout(self.norm(x), self.dropout, self.training)
+
+    @staticmethod
+    def parameters_at(h: int, vocab: int, positions: int, types: int) -> int:
+        return (vocab + positions + types) * h + 2 * h
+
+
+class NasBlock(nn.Module):
+    """A block: its input (embeddings for the first block, else a projection from the teacher's width), a
+    chain of layer positions each holding one or more operations, and a projection to the teacher's width.
+
+    The supernet builds it at its widest size with every operation at every position; a standalone student
+    builds it at its own size with the one operation each position has. Parameter names are the same in
+    both, so extraction copies tensors by name.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        choices: Sequence[Sequence[str]],
+        teacher_hidden: int,
+        embeddings: tuple[int, int, int] | None = None,
+        eps: float = 1e-12,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.first = embeddings is not None
+        self.inp: Any = (
+            SlicedEmbeddings(*embeddings, width, eps, dropout)
+            if embeddings is not None
+            else SlicedLinear(teacher_hidden, width)
+        )
+        self.layers: Any = nn.ModuleList(
+            nn.ModuleDict({op: OPERATIONS[op](width, eps, dropout) for op in ops}) for ops in choices
+        )
+        self.out = SlicedLinear(width, teacher_hidden)
+
+    def enter(self, x: torch.Tensor, token_type_ids: torch.Tensor | None, hidden: int) -> torch.Tensor:
+        if self.first:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(x)
+            return self.inp(x, types, hidden)
+        return self.inp(x, hidden)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        hidden: int,
+        ops: Sequence[str],
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x``: token ids (first block) or the teacher-width state; ``ops`` one per position (``id``
+        ends the chain). Returns the block's output at the teacher's width."""
+        y = self.enter(x, token_type_ids, hidden)
+        for layer, op in zip(self.layers, ops, strict=False):  # ops may end before the positions do
+            if op == IDENTITY:
+                break
+            y = layer[op](y, mask)
+        return self.out(y)
+
+
+class NasBertConfig(PretrainedConfig):
+    """A NAS-BERT student: its path (block by block: hidden size and operations) and the teacher's width.
+
+    ``hidden_size`` is the teacher's width (every block's output has it); ``blocks`` is a list of
+    ``{"hidden": h, "ops": [...]}`` without identities.
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        blocks: list[dict[str, Any]] | None = None,
+        hidden_size: int = 384,
+        vocab_size: int = 30522,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.1,
+        path: str = "",
+        teacher_boundaries: list[int] | None = None,
+        pad_token_id: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.blocks = blocks or [{"hidden": 128, "ops": ["ffn"]}]
+        self.hidden_size = hidden_size
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.path = path
+        self.teacher_boundaries = teacher_boundaries or []
+        """The teacher layer each block's output stands for (for distillation)."""
+        self.num_hidden_layers = len(self.blocks)
+        self.num_attention_heads = max(heads_for(int(b["hidden"])) for b in self.blocks)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)  # type: ignore[call-arg]
+
+
+class NasBertPreTrainedModel(PreTrainedModel):
+    config_class = NasBertConfig
+    base_model_prefix = "nas_bert"
+    # attention is always SDPA here: any implementation name (eager, sdpa, the recording one) is accepted
+    _supports_attention_backend = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Conv1d):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class NasBertModel(NasBertPreTrainedModel):
+    """The standalone student encoder: every block at its own size, its output at the teacher's width."""
+
+    def __init__(self, config: NasBertConfig) -> None:
+        super().__init__(config)
+        c = config
+        emb = (c.vocab_size, c.max_position_embeddings, c.type_vocab_size)
+        self.blocks = nn.ModuleList(
+            NasBlock(
+                int(b["hidden"]),
+                [[op] for op in b["ops"]],
+                c.hidden_size,
+                emb if i == 0 else None,
+                c.layer_norm_eps,
+                c.hidden_dropout_prob,
+            )
+            for i, b in enumerate(c.blocks)
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        first: Any = self.blocks[0]
+        return first.inp.word
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutput:
+        mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).bool()
+        x: torch.Tensor = input_ids
+        states: list[torch.Tensor] = []
+        blocks: list[Any] = list(self.blocks)
+        for i, (block, spec) in enumerate(zip(blocks, self.config.blocks, strict=True)):
+            h = int(spec["hidden"])
+            y = block.enter(x, token_type_ids, h)
+            if i == 0:
+                states.append(y)
+            for layer, op in zip(block.layers, spec["ops"], strict=True):
+                y = layer[op](y, mask)
+            x = block.out(y)
+            states.append(x)
+        return BaseModelOutput(
+            last_hidden_state=x, hidden_states=tuple(states) if output_hidden_states else None
+        )
+
+
+class NasBertForSequenceClassification(NasBertPreTrainedModel):
+    """The encoder, BERT's pooler (tanh dense on [CLS]) at the teacher's width, and a classifier."""
+
+    def __init__(self, config: NasBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.nas_bert = NasBertModel(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, int(config.num_labels or 2))
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        out = self.nas_bert(
+            input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states
+        )
+        pooled = torch.tanh(self.pooler(out.last_hidden_state[:, 0]))
+        pooled = F.dropout(pooled, self.config.hidden_dropout_prob, self.training)
+        logits = self.classifier(pooled)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.float())
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+def block_parameters(
+    hidden: int, ops: Sequence[str], teacher_hidden: int, embeddings: tuple[int, int, int] | None
+) -> int:
+    """Exact parameters of one standalone block (identities cost nothing)."""
+    n = (
+        SlicedEmbeddings.parameters_at(hidden, *embeddings)
+        if embeddings is not None
+        else teacher_hidden * hidden + hidden
+    )
+    n += sum(OPERATIONS[op].parameters_at(hidden) for op in ops if op != IDENTITY)
+    return n + hidden * teacher_hidden + teacher_hidden
+
+
+def _register() -> None:
+    try:
+        AutoConfig.register(MODEL_TYPE, NasBertConfig)
+    except ValueError:  # already registered (module reloaded)
+        return
+    AutoModel.register(NasBertConfig, NasBertModel)
+    AutoModelForSequenceClassification.register(NasBertConfig, NasBertForSequenceClassification)
+
+
+_register()

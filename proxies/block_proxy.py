@@ -1,0 +1,98 @@
+"""The supernet's proxy setting: a seeded corpus sample, tokenized, with the teacher's hidden states at
+every layer cached once (block trials read its boundaries and never run the teacher).
+
+The sample's last rows are held out: progressive shrinking and inherited-weight scoring rank paths on
+them, and block training never sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import load_from_disk
+
+from distilnas.distill.config import TeacherConfig
+from distilnas.distill.corpus import sample_fraction
+from distilnas.distill.data import PackedRows, tokenize_texts
+from distilnas.distill.errors import UserError
+from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
+from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
+from distilnas.distill.utils import atomic_dir, atomic_write_json
+
+
+@dataclass
+class BlockProxy:
+    """Paths and settings only (cheap to ship to Ray workers)."""
+
+    teacher: str
+    corpus_data: str
+    corpus_cache: str
+    corpus_fingerprint: str
+    texts: int
+    held_out: int
+    """The last ``held_out`` rows: scoring only."""
+    max_length: int
+    pad_id: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def cache(self) -> TeacherCache:
+        return TeacherCache(Path(self.corpus_cache), self.corpus_fingerprint)
+
+    def rows(self) -> PackedRows:
+        return PackedRows(load_from_disk(self.corpus_data))
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return np.arange(self.texts - self.held_out)
+
+    def score_batches(self, batch_size: int, n: int) -> list[list[int]]:
+        """The held-out rows as ``n`` fixed batches (the same for every path and every epoch)."""
+        rows = np.arange(self.texts - self.held_out, self.texts)
+        return [rows[i : i + batch_size].tolist() for i in range(0, n * batch_size, batch_size)]
+
+
+def prepare_block_proxy(
+    teacher: TeacherConfig,
+    texts: list[str],
+    fraction: float,
+    max_length: int,
+    held_out: int,
+    cache_dir: Path,
+    out_dir: Path,
+    seed: int,
+) -> BlockProxy:
+    """Sample and tokenize the corpus, cache the teacher's hidden states on it; paths are absolute."""
+    cache_dir, out_dir = cache_dir.resolve(), out_dir.resolve()
+    source = resolve(teacher.name)
+    encoder, tok = load_encoder(source), load_tokenizer(source)
+    sample = sample_fraction(texts, fraction, seed)
+    if len(sample) <= 2 * held_out:
+        raise UserError(
+            f"search.supernet.corpus_fraction: {len(sample)} texts leave too few to train on beside the "
+            f"{held_out} held out for scoring"
+        )
+    corpus = tokenize_texts(sample, tok, max_length, cache_dir)
+    data = out_dir / "corpus"
+    if not (data / "dataset_info.json").is_file():
+        with atomic_dir(data) as tmp:
+            corpus.save_to_disk(str(tmp))
+    cache = teacher_cache(encoder, source.identity(), corpus, max_length, ["hidden"], cache_dir)
+    proxy = BlockProxy(
+        teacher=source.location,
+        corpus_data=str(data),
+        corpus_cache=str(cache.path),
+        corpus_fingerprint=cache.fingerprint,
+        texts=len(sample),
+        held_out=held_out,
+        max_length=max_length,
+        pad_id=int(tok.pad_token_id or 0),
+        seed=seed,
+    )
+    atomic_write_json(out_dir / "proxy.json", proxy.to_json())
+    return proxy

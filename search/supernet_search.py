@@ -1,0 +1,437 @@
+"""The NAS-BERT supernet search, end to end (``distilnas search supernet CONFIG``).
+
+1. Proxy: a corpus sample with the teacher's hidden states cached once (proxies/block_proxy.py).
+2. Latency table: every part of a student timed on this device (proxies/latency.py).
+3. Blocks: one Ray Tune trial per block, block-wise training with progressive shrinking
+   (search/supernet_blocks.py); each checkpoints every epoch and resumes.
+4. Selection: NSGA-II (Optuna's) over whole students, one surviving candidate per block, on (summed
+   block losses, parameters, predicted latency): each evaluated student is a trial of study
+   ``<prefix>-supernet``. NAS-BERT combines block candidates the same way, by summed losses.
+5. Re-scoring: the estimated front's students (at most ``rescore``, spread over their sizes) are
+   extracted with the supernet's weights and scored end to end on the held-out batches (each block
+   boundary against the teacher's); each is a trial of ``<prefix>-supernet-inherited``, and its latency
+   is measured beside the prediction.
+6. The front over (inherited loss, parameters, latency) is saved as standalone students
+   (``students/<name>``, transformers folders with the tokenizer).
+
+Run folder ``output_dir/search-supernet``: config.json, proxy.json, latency.json, blocks/block<n>/,
+students/, results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from safetensors.torch import load_file
+
+from distilnas.distill.corpus import load_corpus
+from distilnas.distill.errors import UserError
+from distilnas.distill.measure import count_parameters, measure_latency
+from distilnas.distill.nas_bert import NasBertModel
+from distilnas.distill.teacher import load_config as load_model_config
+from distilnas.distill.teacher import load_tokenizer, resolve
+from distilnas.distill.utils import atomic_dir, atomic_write_json, fingerprint
+from distilnas.proxies.block_proxy import BlockProxy, prepare_block_proxy
+from distilnas.proxies.latency import LatencyTable, mape, measure_table
+from distilnas.results.pareto import non_dominated_sort
+from distilnas.results.storage import open_storage
+from distilnas.search.config import RunConfig
+from distilnas.search.mapping_search import check_run_folder
+from distilnas.search.supernet_blocks import BlockWork, masked_mse
+from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, run_searcher
+from distilnas.spaces.nas_space import BlockPath, NasSpace
+from distilnas.spaces.supernet import extract
+
+log = logging.getLogger(__name__)
+
+
+def nas_space(cfg: RunConfig) -> NasSpace:
+    """The config's architecture space for its teacher; a bad setting names its field."""
+    tcfg = load_model_config(resolve(cfg.teacher.name))
+    sn = cfg.search.supernet
+    try:
+        return NasSpace(
+            int(tcfg.num_hidden_layers),
+            int(tcfg.hidden_size),
+            sn.blocks,
+            tuple(sn.hidden_sizes),
+            tuple(sn.operations),
+            vocab_size=int(tcfg.vocab_size),
+            max_positions=int(tcfg.max_position_embeddings),
+            type_vocab=int(tcfg.type_vocab_size),
+        )
+    except UserError as exc:
+        raise UserError(f"search.supernet.{exc}") from None
+
+
+def checked_space(cfg: RunConfig) -> NasSpace:
+    """The space, once everything the search needs from the config is known to be right."""
+    space = nas_space(cfg)
+    space.boundaries()  # block ends must fall between teacher layers
+    if cfg.data.corpus is None:
+        raise UserError("data.corpus: the supernet's blocks train on a corpus")
+    return space
+
+
+def latency_table(cfg: RunConfig, space: NasSpace, folder: Path) -> LatencyTable:
+    """The table for the final stage's latency setting, measured once per setting and space."""
+    lat = cfg.final.latency
+    key = fingerprint(lat.model_dump(mode="json"), space.hidden_sizes, space.operations, space.teacher_hidden)
+    record = folder / "latency.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+        if data.get("key") == key:
+            return LatencyTable.from_json(data["table"])
+    table = measure_table(space, lat.batch_size, lat.seq_len, lat.repeats, threads=lat.threads)
+    atomic_write_json(record, {"key": key, "table": table.to_json()})
+    return table
+
+
+class BlockRecorder:
+    """Block trials in study ``<prefix>-supernet-blocks`` (value: the survivors' mean held-out loss)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, prefix: str, blocks: int) -> None:
+        self.study = optuna.create_study(
+            study_name=f"{prefix}-supernet-blocks", storage=storage, direction="minimize", load_if_exists=True
+        )
+        self.dist = optuna.distributions.IntDistribution(1, blocks)
+
+    def record(self, job: Job, outcome: dict[str, Any] | None) -> None:
+        attrs = {"job": job.id}
+        if outcome is not None:
+            attrs["outcome"] = json.dumps({k: v for k, v in outcome.items() if k != "candidates"})
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE if outcome else optuna.trial.TrialState.FAIL,
+                value=-outcome["score"] if outcome else None,
+                params={"block": job.config["block"] + 1},
+                distributions={"block": self.dist},
+                user_attrs=attrs,
+            )
+        )
+
+
+def train_blocks(
+    cfg: RunConfig,
+    space: NasSpace,
+    proxy: BlockProxy,
+    table: LatencyTable,
+    folder: Path,
+    recorder: BlockRecorder,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Every block as a Ray Tune trial (finished blocks are read back, never retrained)."""
+    blocks_dir = folder / "blocks"
+    jobs = [Job(f"block{b + 1}", {"block": b}) for b in range(space.blocks)]
+    done = {}
+    for job in jobs:
+        record = blocks_dir / job.id / "result.json"
+        if record.is_file():
+            done[job.id] = json.loads(record.read_text())
+    searcher = JobSearcher(jobs, done, recorder.record)
+    work = BlockWork(proxy, space, cfg.search.supernet, table, str(blocks_dir))
+    if len(done) < len(jobs):
+        run_searcher(
+            searcher,
+            work,
+            folder,
+            "blocks",
+            cfg.ray.cpus_per_trial,
+            cfg.ray.gpus_per_trial,
+            cfg.ray.max_concurrent,
+            trainable=job_trial,
+        )
+    failed = [j.id for j in jobs if not (blocks_dir / j.id / "result.json").is_file()]
+    if failed:
+        raise RuntimeError(f"supernet blocks failed: {', '.join(failed)} (see the Ray logs in {folder}/ray)")
+    results = {j.id: json.loads((blocks_dir / j.id / "result.json").read_text()) for j in jobs}
+    return results, searcher.overhead()
+
+
+# ---------------------------------------------------------------------- selection
+
+
+def select(
+    cfg: RunConfig, storage: optuna.storages.BaseStorage, candidates: list[list[dict[str, Any]]]
+) -> optuna.Study:
+    """NSGA-II over one candidate per block on (summed block losses, parameters, predicted latency).
+
+    Runs ``population x generations`` trials in total; a rerun continues up to that count."""
+    sn = cfg.search.supernet
+    study = optuna.create_study(
+        study_name=f"{cfg.storage.study_prefix}-supernet",
+        storage=storage,
+        directions=["minimize", "minimize", "minimize"],
+        sampler=optuna.samplers.NSGAIISampler(population_size=sn.population, seed=cfg.seed),
+        load_if_exists=True,
+    )
+    study.set_metric_names(["summed block loss", "parameters", "predicted latency ms"])
+    by_path = [{c["path"]: c for c in block} for block in candidates]
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        chosen = [
+            by_path[b][trial.suggest_categorical(f"block{b + 1}", sorted(by_path[b]))]
+            for b in range(len(by_path))
+        ]
+        trial.set_user_attr("path", "|".join(c["path"] for c in chosen))
+        return (
+            sum(c["loss"] for c in chosen),
+            float(sum(c["params"] for c in chosen)),
+            sum(c["latency_ms"] for c in chosen),
+        )
+
+    todo = sn.population * sn.generations - len(study.trials)
+    if todo > 0:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=todo, show_progress_bar=True)
+    return study
+
+
+def spread(items: list[dict[str, Any]], n: int, key: str) -> list[dict[str, Any]]:
+    """At most ``n`` of ``items``, evenly spaced by ``key`` (both ends kept)."""
+    items = sorted(items, key=lambda x: x[key])
+    if len(items) <= n:
+        return items
+    picks = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
+    return [items[i] for i in picks]
+
+
+# ---------------------------------------------------------------------- inherited weights
+
+
+def supernet_weights(blocks_dir: Path, blocks: int) -> list[dict[str, torch.Tensor]]:
+    """Every trained block's state dict; a block not trained yet is a clear error."""
+    files = [blocks_dir / f"block{b + 1}" / "weights.safetensors" for b in range(blocks)]
+    missing = [b + 1 for b, f in enumerate(files) if not f.is_file()]
+    if missing:
+        raise UserError(f"{blocks_dir}: supernet block(s) {missing} not trained yet")
+    return [load_file(f) for f in files]
+
+
+class InheritedScorer:
+    """Scores whole students with the supernet's weights on the held-out batches: the mean over block
+    boundaries of the hidden-state MSE against the teacher, each block fed by the previous *student*
+    block (not the teacher, as in training)."""
+
+    def __init__(self, space: NasSpace, proxy: BlockProxy, blocks_dir: Path, batch_size: int, batches: int):
+        self.space = space
+        self.weights = supernet_weights(blocks_dir, space.blocks)
+        cache, packed = proxy.cache(), proxy.rows()
+        self.boundaries = space.boundaries()
+        self.held = []
+        for rows in proxy.score_batches(batch_size, batches):
+            batch = packed.batch(rows, proxy.pad_id)
+            views = cache.views(rows, batch["input_ids"].shape[1], hidden_layers=self.boundaries)
+            self.held.append((batch, views.hidden))
+
+    def student(self, path: list[BlockPath]) -> NasBertModel:
+        return extract(self.space, path, self.weights)
+
+    @torch.no_grad()
+    def __call__(self, model: NasBertModel) -> float:
+        losses = []
+        for batch, teacher in self.held:
+            mask = batch["attention_mask"].bool()
+            states = model(**batch, output_hidden_states=True).hidden_states
+            losses.append(
+                np.mean(
+                    [
+                        float(masked_mse(states[b + 1], teacher[t], mask))
+                        for b, t in enumerate(self.boundaries)
+                    ]
+                )
+            )
+        return float(np.mean(losses))
+
+
+def rescore(
+    cfg: RunConfig,
+    space: NasSpace,
+    scorer: InheritedScorer,
+    table: LatencyTable,
+    storage: optuna.storages.BaseStorage,
+    estimated: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Inherited-weight scores and measured latency of the chosen students (trials of
+    ``<prefix>-supernet-inherited``; ones the storage holds are not scored again)."""
+    study = optuna.create_study(
+        study_name=f"{cfg.storage.study_prefix}-supernet-inherited",
+        storage=storage,
+        directions=["minimize", "minimize", "minimize"],
+        load_if_exists=True,
+    )
+    study.set_metric_names(["inherited loss", "parameters", "measured latency ms"])
+    known = {t.user_attrs["path"]: t.user_attrs for t in study.get_trials(deepcopy=False) if t.values}
+    lat = cfg.final.latency
+    out = []
+    for entry in estimated:
+        if entry["path"] in known:
+            out.append(json.loads(known[entry["path"]]["record"]))
+            continue
+        path = space.parse(entry["path"])
+        start = time.perf_counter()
+        model = scorer.student(path)
+        loss = scorer(model)
+        seconds = time.perf_counter() - start
+        threads = torch.get_num_threads()
+        if lat.threads:
+            torch.set_num_threads(lat.threads)
+        try:
+            measured = measure_latency(model, lat.batch_size, lat.seq_len, repeats=lat.repeats)
+        finally:
+            torch.set_num_threads(threads)
+        record = {
+            **entry,
+            "inherited_loss": loss,
+            "params": count_parameters(model),
+            "predicted_ms": table.predict(path),
+            "measured_ms": measured.ms,
+            "score_seconds": seconds,
+        }
+        assert record["params"] == space.params(path)  # the space's count is exact
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[loss, record["params"], measured.ms],
+                user_attrs={"path": entry["path"], "record": json.dumps(record)},
+            )
+        )
+        out.append(record)
+    return out
+
+
+def student_name(record: dict[str, Any]) -> str:
+    """Provenance in the name (HAT): size, latency and proxy loss."""
+    return (
+        f"nas-{record['params'] / 1e6:.1f}M_{record['measured_ms']:.1f}ms_loss{record['inherited_loss']:.3f}"
+    )
+
+
+def save_students(
+    cfg: RunConfig, space: NasSpace, scorer: InheritedScorer, front: list[dict[str, Any]], folder: Path
+) -> None:
+    tok = load_tokenizer(resolve(cfg.teacher.name))
+    for record in front:
+        target = folder / "students" / record["name"]
+        if (target / "student.json").is_file():
+            continue
+        model = scorer.student(space.parse(record["path"]))
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            atomic_write_json(tmp / "student.json", {**record, "config_hash": cfg.config_hash()})
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    folder = (cfg.output_dir / "search-supernet").resolve()  # trials run in folders of their own
+    space = checked_space(cfg)
+    sn = cfg.search.supernet
+    check_run_folder(folder, cfg, resume)
+    storage = open_storage(cfg.storage.url, cfg.output_dir)
+    init_ray(address or cfg.ray.address)
+    atomic_write_json(
+        folder / "config.json", {"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
+    )
+
+    proxy = prepare_block_proxy(
+        cfg.teacher,
+        load_corpus(cfg.data.corpus),
+        sn.corpus_fraction,
+        cfg.distill.max_length,
+        sn.score_batches * sn.batch_size,
+        cfg.cache_dir,
+        folder,
+        cfg.seed,
+    )
+    table = latency_table(cfg, space, folder)
+    recorder = BlockRecorder(storage, cfg.storage.study_prefix, space.blocks)
+    blocks, ray_overhead = train_blocks(cfg, space, proxy, table, folder, recorder)
+    ordered = [blocks[f"block{b + 1}"] for b in range(space.blocks)]
+
+    start = time.perf_counter()
+    study = select(cfg, storage, [b["candidates"] for b in ordered])
+    estimated = {}
+    for t in study.best_trials:
+        estimated[t.user_attrs["path"]] = {
+            "path": t.user_attrs["path"],
+            "estimated_loss": t.values[0],
+            "params": int(t.values[1]),
+            "predicted_ms": t.values[2],
+        }
+    chosen = spread(list(estimated.values()), sn.rescore, "params")
+    selection_seconds = time.perf_counter() - start
+
+    scorer = InheritedScorer(space, proxy, folder / "blocks", sn.batch_size, sn.score_batches)
+    scored = rescore(cfg, space, scorer, table, storage, chosen)
+    fronts = non_dominated_sort([(r["inherited_loss"], r["params"], r["predicted_ms"]) for r in scored])
+    front = sorted((scored[i] for i in fronts[0]), key=lambda r: r["params"])
+    for r in scored:
+        r["front"] = any(r is f for f in front)
+    for r in front:
+        r["name"] = student_name(r)
+    save_students(cfg, space, scorer, front, folder)
+
+    train_seconds = sum(b["train_seconds"] for b in ordered)
+    score_seconds = float(np.median([r["score_seconds"] for r in scored]))
+    results = {
+        "space": {
+            "blocks": space.blocks,
+            "layers_per_block": space.block_layers,
+            "hidden_sizes": list(space.hidden_sizes),
+            "operations": list(space.operations),
+            "paths_per_block": space.block_count(),
+            "paths": space.count(),
+        },
+        "blocks": [
+            {k: v for k, v in b.items() if k != "candidates"} | {"candidates": len(b["candidates"])}
+            for b in ordered
+        ],
+        "selection": {
+            "trials": len(study.trials),
+            "estimated_front": len(estimated),
+            "rescored": len(scored),
+            "seconds": selection_seconds,
+        },
+        "students": scored,
+        "front": [r["name"] for r in front],
+        "front_params_span": front[-1]["params"] / front[0]["params"] if front else None,
+        "latency": {
+            "table": table.to_json(),
+            "mape_percent": mape([r["predicted_ms"] for r in scored], [r["measured_ms"] for r in scored]),
+        },
+        "cost": {
+            "supernet_train_seconds": train_seconds,
+            "score_seconds_per_student": score_seconds,
+            "score_share_of_training": score_seconds / train_seconds if train_seconds else None,
+        },
+        "ray": ray_overhead,
+    }
+    atomic_write_json(folder / "results.json", results)
+    return results
+
+
+def extract_student(run: Path, path_text: str, to: Path) -> dict[str, Any]:
+    """Save ``path_text`` of the run's trained supernet as a standalone student in ``to``."""
+    from distilnas.search.config import parse_config
+
+    record = run / "search-supernet" / "config.json"
+    if not record.is_file():
+        raise UserError(f"{run}: no supernet search in this run folder")
+    cfg = parse_config(json.loads(record.read_text())["config"], str(record))
+    space = nas_space(cfg)
+    path = space.parse(path_text)
+    if to.exists():
+        raise UserError(f"{to}: already exists")
+    model = extract(space, path, supernet_weights(run / "search-supernet" / "blocks", space.blocks))
+    with atomic_dir(to) as tmp:
+        model.save_pretrained(tmp)
+        load_tokenizer(resolve(cfg.teacher.name)).save_pretrained(tmp)
+    return {"path": NasSpace.format(path), "params": count_parameters(model)}
