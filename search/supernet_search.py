@@ -343,7 +343,7 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
 
     proxy = prepare_block_proxy(
         cfg.teacher,
-        load_corpus(cfg.data.corpus),
+        load_corpus(cfg.data.corpus),  # type: ignore[arg-type]  # checked_space: a corpus is set
         sn.corpus_fraction,
         cfg.distill.max_length,
         sn.score_batches * sn.batch_size,
