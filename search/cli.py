@@ -503,11 +503,26 @@ def fidelity(
         Path | None,
         typer.Option(help="Take the `fidelity` section from this config (otherwise the same as the run's)."),
     ] = None,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="mapping: the layer-mapping search's proxy; supernet: the supernet's inherited weights "
+            "against students distilled alone."
+        ),
+    ] = "mapping",
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-score mapping-search candidates in the full setting (the config's `fidelity` section: more
-    corpus, whole task training sets) and report Kendall tau and Spearman rho between proxy and full
-    scores. Trials land in the run's Optuna storage; running it again continues where it stopped."""
+    """Check a search's cheap scores against expensive ones and report Kendall tau and Spearman rho.
+
+    mapping: re-score mapping-search candidates in the full setting (the config's `fidelity` section: more
+    corpus, whole task training sets). supernet: distil re-scored students alone from their initial
+    weights (`fidelity.general_steps`) and fine-tune them on the `fidelity` tasks. Trials land in the
+    run's Optuna storage; running it again continues where it stopped."""
+    if stage == "supernet":
+        supernet_fidelity(run, top, random_k, address, config, as_json)
+        return
+    if stage != "mapping":
+        raise UserError(f"--stage {stage!r}: choose mapping or supernet")
     from distilnas.proxies.fidelity import run_fidelity
 
     setup_logging(run / "search-mapping" / "fidelity.log" if (run / "search-mapping").is_dir() else None)
@@ -523,6 +538,40 @@ def fidelity(
     for c in results["candidates"]:
         table.add_row(
             c["mapping"], c["chosen"], fmt(c["proxy"]), fmt(c["full"]) if c["full"] is not None else "failed"
+        )
+    emit(results, as_json, table)
+
+
+def supernet_fidelity(
+    run: Path, top: int, random_k: int, address: str | None, config: Path | None, as_json: bool
+) -> None:
+    from distilnas.search.supernet_fidelity import run_supernet_fidelity
+
+    if config is not None:
+        raise UserError("--config: the supernet's fidelity setting is the run's own `fidelity` section")
+    setup_logging(run / "search-supernet" / "fidelity.log" if (run / "search-supernet").is_dir() else None)
+    with stdout_to_stderr():
+        results = run_supernet_fidelity(run, top, random_k, address)
+
+    def show(agreement: dict[str, float | None]) -> str:
+        tau, rho = (agreement[k] for k in ("kendall_tau", "spearman_rho"))
+        return (
+            f"tau {'undefined' if tau is None else fmt(tau)}, rho {'undefined' if rho is None else fmt(rho)}"
+        )
+
+    table = Table(
+        title=f"inherited weights against standalone distillation ({len(results['students'])} students): "
+        f"task score {show(results['task_score'])}; held-out loss {show(results['held_out_loss'])}"
+    )
+    for col in ("path", "chosen", "inherited loss", "standalone loss", "task score"):
+        table.add_column(col)
+    for r in results["students"]:
+        table.add_row(
+            r["path"],
+            r["chosen"],
+            f"{-r['inherited']:.4f}",
+            f"{r['held_out_loss']:.4f}" if "held_out_loss" in r else "failed",
+            fmt(r["score"]) if "score" in r else "failed",
         )
     emit(results, as_json, table)
 

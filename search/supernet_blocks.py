@@ -107,6 +107,7 @@ class BlockTrainer:
         self.paths = [self.space.block_at(i) for i in range(n)]
         self.params = np.array([self.space.block_params(position, p) for p in self.paths])
         self.latency = np.array([work.table.block(position, p) for p in self.paths])
+        self.cache, self.packed = self.proxy.cache(), self.proxy.rows()
 
     # ------------------------------------------------------------------ data
 
@@ -148,8 +149,15 @@ class BlockTrainer:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         return dict(json.loads((ckpt / "state.json").read_text()))
 
+    def fresh(self) -> NasBlock:
+        """The block before training (seeded): its teacher-derived start (spaces/supernet.py)."""
+        seed_everything(self.proxy.seed + self.position)
+        block = supernet_block(self.space, self.position)
+        self.start(block)
+        return block
+
     def start(self, block: NasBlock) -> None:
-        """The teacher-derived start (spaces/supernet.py): embeddings, or PCA of the input boundary."""
+        """Embeddings from the teacher's, or projections from PCA of the input boundary."""
         if self.position == 0:
             from transformers import AutoModel
 
@@ -166,14 +174,11 @@ class BlockTrainer:
         if record.is_file():
             return dict(json.loads(record.read_text()))
         s = self.s
-        seed_everything(self.proxy.seed + self.position)
-        self.cache, self.packed = self.proxy.cache(), self.proxy.rows()
         self.held = [self.batch(rows) for rows in self.proxy.score_batches(s.batch_size, s.score_batches)]
-        block = supernet_block(self.space, self.position)
+        block = self.fresh()
         opt = adamw(block.parameters(), s.lr)
         state = self.load(block, opt)
         if state is None:
-            self.start(block)
             state = {"epoch": 0, "steps": 0, "seconds": 0.0, "pools": None, "history": []}
         else:
             log.info("block %d resumed after epoch %d", self.position + 1, state["epoch"])

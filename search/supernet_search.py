@@ -46,7 +46,7 @@ from distilnas.search.config import RunConfig
 from distilnas.search.mapping_search import check_run_folder
 from distilnas.search.supernet_blocks import BlockWork, masked_mse
 from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, run_searcher
-from distilnas.spaces.nas_space import BlockPath, NasSpace
+from distilnas.spaces.nas_space import NasSpace
 from distilnas.spaces.supernet import extract
 
 log = logging.getLogger(__name__)
@@ -214,14 +214,12 @@ def supernet_weights(blocks_dir: Path, blocks: int) -> list[dict[str, torch.Tens
     return [load_file(f) for f in files]
 
 
-class InheritedScorer:
-    """Scores whole students with the supernet's weights on the held-out batches: the mean over block
-    boundaries of the hidden-state MSE against the teacher, each block fed by the previous *student*
-    block (not the teacher, as in training)."""
+class HeldOut:
+    """Scores a whole student on the held-out batches: the mean over block boundaries of the
+    hidden-state MSE against the teacher, each block fed by the previous *student* block (not by the
+    teacher, as in block training)."""
 
-    def __init__(self, space: NasSpace, proxy: BlockProxy, blocks_dir: Path, batch_size: int, batches: int):
-        self.space = space
-        self.weights = supernet_weights(blocks_dir, space.blocks)
+    def __init__(self, space: NasSpace, proxy: BlockProxy, batch_size: int, batches: int) -> None:
         cache, packed = proxy.cache(), proxy.rows()
         self.boundaries = space.boundaries()
         self.held = []
@@ -230,30 +228,23 @@ class InheritedScorer:
             views = cache.views(rows, batch["input_ids"].shape[1], hidden_layers=self.boundaries)
             self.held.append((batch, views.hidden))
 
-    def student(self, path: list[BlockPath]) -> NasBertModel:
-        return extract(self.space, path, self.weights)
-
     @torch.no_grad()
     def __call__(self, model: NasBertModel) -> float:
+        model.eval()
         losses = []
         for batch, teacher in self.held:
             mask = batch["attention_mask"].bool()
             states = model(**batch, output_hidden_states=True).hidden_states
-            losses.append(
-                np.mean(
-                    [
-                        float(masked_mse(states[b + 1], teacher[t], mask))
-                        for b, t in enumerate(self.boundaries)
-                    ]
-                )
-            )
+            per_block = [masked_mse(states[b + 1], teacher[t], mask) for b, t in enumerate(self.boundaries)]
+            losses.append(float(torch.stack(per_block).mean()))
         return float(np.mean(losses))
 
 
 def rescore(
     cfg: RunConfig,
     space: NasSpace,
-    scorer: InheritedScorer,
+    scorer: HeldOut,
+    weights: list[dict[str, torch.Tensor]],
     table: LatencyTable,
     storage: optuna.storages.BaseStorage,
     estimated: list[dict[str, Any]],
@@ -276,7 +267,7 @@ def rescore(
             continue
         path = space.parse(entry["path"])
         start = time.perf_counter()
-        model = scorer.student(path)
+        model = extract(space, path, weights)
         loss = scorer(model)
         seconds = time.perf_counter() - start
         threads = torch.get_num_threads()
@@ -313,14 +304,18 @@ def student_name(record: dict[str, Any]) -> str:
 
 
 def save_students(
-    cfg: RunConfig, space: NasSpace, scorer: InheritedScorer, front: list[dict[str, Any]], folder: Path
+    cfg: RunConfig,
+    space: NasSpace,
+    weights: list[dict[str, torch.Tensor]],
+    front: list[dict[str, Any]],
+    folder: Path,
 ) -> None:
     tok = load_tokenizer(resolve(cfg.teacher.name))
     for record in front:
         target = folder / "students" / record["name"]
         if (target / "student.json").is_file():
             continue
-        model = scorer.student(space.parse(record["path"]))
+        model = extract(space, space.parse(record["path"]), weights)
         with atomic_dir(target) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -369,15 +364,16 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     chosen = spread(list(estimated.values()), sn.rescore, "params")
     selection_seconds = time.perf_counter() - start
 
-    scorer = InheritedScorer(space, proxy, folder / "blocks", sn.batch_size, sn.score_batches)
-    scored = rescore(cfg, space, scorer, table, storage, chosen)
+    weights = supernet_weights(folder / "blocks", space.blocks)
+    scorer = HeldOut(space, proxy, sn.batch_size, sn.score_batches)
+    scored = rescore(cfg, space, scorer, weights, table, storage, chosen)
     fronts = non_dominated_sort([(r["inherited_loss"], r["params"], r["predicted_ms"]) for r in scored])
     front = sorted((scored[i] for i in fronts[0]), key=lambda r: r["params"])
     for r in scored:
         r["front"] = any(r is f for f in front)
     for r in front:
         r["name"] = student_name(r)
-    save_students(cfg, space, scorer, front, folder)
+    save_students(cfg, space, weights, front, folder)
 
     train_seconds = sum(b["train_seconds"] for b in ordered)
     score_seconds = float(np.median([r["score_seconds"] for r in scored]))

@@ -17,7 +17,7 @@ import torch
 from distilnas.results.storage import open_storage
 
 
-def write_config(tmp: Path, corpus_dir: Path, **supernet: object) -> Path:
+def write_config(tmp: Path, corpus_dir: Path, glue_dir: Path | None = None, **supernet: object) -> Path:
     from conftest import save_tiny_bert
 
     teacher = tmp / "teacher"
@@ -45,10 +45,12 @@ def write_config(tmp: Path, corpus_dir: Path, **supernet: object) -> Path:
         f"""
 teacher: {{name: {teacher}}}
 data:
+  glue_dir: {glue_dir}
   cache_dir: {tmp / "cache"}
   corpus: {{files: [{corpus_dir / "wikisplit" / "tune.tsv"}]}}
-distill: {{max_length: 32}}
 search: {{supernet: {json.dumps(settings)}}}
+fidelity: {{tasks: [rte], train_examples: 32, general_steps: 4, task_steps: 2}}
+distill: {{max_length: 32, baseline: {{batch_size: 16}}}}
 final: {{latency: {{seq_len: 32, repeats: 5, threads: 1}}}}
 ray: {{cpus_per_trial: 1}}
 output_dir: {tmp / "out"}
@@ -65,8 +67,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> tuple[Path, dict]:
-    cfg = write_config(tmp_path_factory.mktemp("supernet"), corpus_dir)
+def searched(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, glue_dir: Path) -> tuple[Path, dict]:
+    cfg = write_config(tmp_path_factory.mktemp("supernet"), corpus_dir, glue_dir)
     proc = run("search", "supernet", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-5000:]
     return cfg, json.loads(proc.stdout)
@@ -146,6 +148,30 @@ def test_extract_any_path(searched: tuple[Path, dict], tmp_path: Path) -> None:
     assert not (tmp_path / "t").exists()
 
 
+def test_inherited_scores_against_standalone_distillation(searched: tuple[Path, dict]) -> None:
+    cfg, out = searched
+    runs = cfg.parent / "out"
+    proc = run("fidelity", str(runs), "--stage", "supernet", "--top", "2", "--random", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    students = result["students"]
+    by_loss = sorted(out["students"], key=lambda s: s["inherited_loss"])
+    assert [s["path"] for s in students[:2]] == [s["path"] for s in by_loss[:2]]  # the two best, then one
+    assert len({s["path"] for s in students}) == 3 and students[2]["chosen"] == "random"
+    for s in students:
+        assert 0 <= s["tasks"]["rte"] <= 100 and s["held_out_loss"] > 0
+    for key in ("task_score", "held_out_loss"):
+        assert set(result[key]) == {"kendall_tau", "kendall_p", "spearman_rho", "spearman_p"}
+    storage = open_storage(None, runs)
+    trials = optuna.load_study(study_name="distilnas-supernet-fidelity", storage=storage).get_trials()
+    assert sorted(t.user_attrs["path"] for t in trials) == sorted(s["path"] for s in students)
+    again = run("fidelity", str(runs), "--stage", "supernet", "--top", "2", "--random", "1", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["students"] == students
+    assert len(optuna.load_study(study_name="distilnas-supernet-fidelity", storage=storage).get_trials()) == 3
+    few = run("fidelity", str(runs), "--stage", "supernet", "--top", "1", "--random", "1")
+    assert few.returncode == 2 and "at least 3" in few.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -157,7 +183,7 @@ def test_extract_any_path(searched: tuple[Path, dict], tmp_path: Path) -> None:
 def test_bad_space_is_one_line_and_exit_2(
     tmp_path: Path, corpus_dir: Path, setting: dict, message: str
 ) -> None:
-    cfg = write_config(tmp_path, corpus_dir, **setting)
+    cfg = write_config(tmp_path, corpus_dir, None, **setting)
     proc = run("search", "supernet", str(cfg))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "out").exists()  # nothing written
