@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import count_parameters, measure_latency
+from distilnas.distill.measure import count_parameters
 from distilnas.distill.nas_bert import NasBertModel
 from distilnas.distill.teacher import load_config as load_model_config
 from distilnas.distill.teacher import load_tokenizer, resolve
@@ -42,6 +42,7 @@ from distilnas.proxies.block_proxy import BlockProxy, prepare_block_proxy
 from distilnas.proxies.latency import LatencyTable, mape, measure_table
 from distilnas.results.pareto import non_dominated_sort
 from distilnas.results.storage import open_storage
+from distilnas.results.table import timed
 from distilnas.search.config import RunConfig
 from distilnas.search.mapping_search import check_run_folder
 from distilnas.search.supernet_blocks import BlockWork, masked_mse
@@ -259,7 +260,6 @@ def rescore(
     )
     study.set_metric_names(["inherited loss", "parameters", "measured latency ms"])
     known = {t.user_attrs["path"]: t.user_attrs for t in study.get_trials(deepcopy=False) if t.values}
-    lat = cfg.final.latency
     out = []
     for entry in estimated:
         if entry["path"] in known:
@@ -270,25 +270,19 @@ def rescore(
         model = extract(space, path, weights)
         loss = scorer(model)
         seconds = time.perf_counter() - start
-        threads = torch.get_num_threads()
-        if lat.threads:
-            torch.set_num_threads(lat.threads)
-        try:
-            measured = measure_latency(model, lat.batch_size, lat.seq_len, repeats=lat.repeats)
-        finally:
-            torch.set_num_threads(threads)
+        measured = timed(model, cfg)  # as the results table times students
         record = {
             **entry,
             "inherited_loss": loss,
-            "params": count_parameters(model),
+            "params": measured["params"],
             "predicted_ms": table.predict(path),
-            "measured_ms": measured.ms,
+            "measured_ms": measured["latency"]["ms"],
             "score_seconds": seconds,
         }
         assert record["params"] == space.params(path)  # the space's count is exact
         study.add_trial(
             optuna.trial.create_trial(
-                values=[loss, record["params"], measured.ms],
+                values=[loss, record["params"], record["measured_ms"]],
                 user_attrs={"path": entry["path"], "record": json.dumps(record)},
             )
         )
