@@ -183,8 +183,35 @@ class TaskDistillConfig(Strict):
     prediction: DistillSettings = DistillSettings(losses={"prediction_ce": 1.0}, epochs=3, lr=5e-5)
 
 
+class KroneckerFactors(Strict):
+    """One kind of layer as Σᵢ Aᵢ ⊗ Bᵢ: A is ``a`` (rows x columns), B is ``b``, ``rank`` terms. The
+    products of the factors' rows and of their columns must equal the layer's output and input sizes."""
+
+    a: tuple[int, int] | None = None
+    """A's shape (for ``embedding``: vocabulary x hidden/k, implied by ``b`` when left out)."""
+    b: tuple[int, int]
+    rank: int = Field(1, gt=0)
+
+
+class KroneckerConfig(Strict):
+    """KroneckerBERT: which layers of the student are Kronecker-factored, and how (empty: dense)."""
+
+    embedding: KroneckerFactors | None = None
+    """The word embeddings as A (vocabulary x hidden/k) ⊗ B (1 x k)."""
+    attention: KroneckerFactors | None = None
+    """Query, key, value and output maps (hidden x hidden)."""
+    ffn_in: KroneckerFactors | None = None
+    """The feed-forward up map (intermediate x hidden)."""
+    ffn_out: KroneckerFactors | None = None
+    """The feed-forward down map (hidden x intermediate)."""
+
+    def factors(self) -> dict[str, dict[str, Any]]:
+        """As the Kronecker model's config holds them."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 class StudentConfig(Strict):
-    """A plain BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
+    """A BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
 
     layers: int = Field(4, gt=0)
     hidden: int | None = Field(None, gt=0)
@@ -194,6 +221,8 @@ class StudentConfig(Strict):
     """How the student starts: random, a copy of the mapped teacher layers, or extracted from them."""
     importance_batches: int = Field(8, ge=0)
     """Batches that rank heads and neurons for ``extract``."""
+    kronecker: KroneckerConfig | None = None
+    """Kronecker-factor the student's layers (KroneckerBERT), started from its initial dense weights."""
 
 
 class DistillConfig(Strict):

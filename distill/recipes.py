@@ -29,8 +29,10 @@ from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT st
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
+from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import EvalResult, evaluate, train
 from distilnas.distill.glue import GlueTask
+from distilnas.distill.kronecker import check_factors
 from distilnas.distill.losses import teacher_fields
 from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
@@ -44,7 +46,15 @@ def student_spec(config: DistillConfig, teacher: PretrainedConfig) -> StudentSpe
     """The configured student's shape; sizes left empty follow the teacher's head size and FFN ratio."""
     s = config.student
     base = StudentSpec.like(teacher, s.layers, s.hidden)
-    return StudentSpec(s.layers, base.hidden, s.heads or base.heads, s.intermediate or base.intermediate)
+    spec = StudentSpec(s.layers, base.hidden, s.heads or base.heads, s.intermediate or base.intermediate)
+    if s.kronecker is None:
+        return spec
+    factors = s.kronecker.factors()
+    try:
+        check_factors(factors, int(teacher.vocab_size), spec.hidden, spec.intermediate)
+    except UserError as exc:
+        raise UserError(f"distill.student.{exc}") from None
+    return StudentSpec(spec.layers, spec.hidden, spec.heads, spec.intermediate, factors)
 
 
 def importance_batches(data: Dataset, n: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
@@ -102,7 +112,7 @@ def _label_as(cfg: PretrainedConfig, teacher_config: PretrainedConfig) -> None:
 def with_head(encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
     """A sequence-classification student whose encoder is ``encoder``'s weights, labelled as the teacher
     (a BERT, or any registered encoder such as a NAS-BERT student)."""
-    if not isinstance(encoder.config, BertConfig):
+    if encoder.config.model_type != "bert":  # NAS-BERT, Kronecker BERT: their own registered heads
         cfg = type(encoder.config).from_dict(encoder.config.to_dict())
         _label_as(cfg, teacher_config)
         torch.manual_seed(0)

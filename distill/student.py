@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -36,12 +36,14 @@ Init = Literal["random", "copy", "extract"]
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """The shape of a plain BERT student."""
+    """The shape of a BERT student, and its Kronecker factors when it has any (KroneckerBERT)."""
 
     layers: int
     hidden: int
     heads: int
     intermediate: int
+    kronecker: dict[str, Any] | None = field(default=None, hash=False)
+    """Kind -> {"a", "b", "rank"} (see ``distilnas.distill.kronecker``); None: a plain BERT."""
 
     def __post_init__(self) -> None:
         if min(self.layers, self.hidden, self.heads, self.intermediate) < 1:
@@ -60,7 +62,7 @@ class StudentSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.layers}L-{self.hidden}"
+        return f"{self.layers}L-{self.hidden}" + ("-kron" if self.kronecker else "")
 
 
 def student_config(spec: StudentSpec, teacher: PretrainedConfig, num_labels: int | None = None) -> BertConfig:
@@ -114,7 +116,7 @@ def build_student(
     cfg = student_config(spec, tcfg, num_labels)
     student: PreTrainedModel = BertForSequenceClassification(cfg) if num_labels else BertModel(cfg)
     if init == "random":
-        return student
+        return kronecker_student(student, spec)
     sources = _layer_sources(spec.layers, tcfg.num_hidden_layers, layer_sources)
     wider = [
         f"{n} {getattr(spec, k)} > {getattr(tcfg, a)}"
@@ -153,7 +155,16 @@ def build_student(
             importance_scores = importance(teacher, importance_batches)
         keep = _Keep.by_importance(teacher, spec, sources, importance_scores)
     _transplant(teacher, student, sources, keep)
-    return student
+    return kronecker_student(student, spec)
+
+
+def kronecker_student(student: PreTrainedModel, spec: StudentSpec) -> PreTrainedModel:
+    """The student with its layers Kronecker-factored as ``spec`` says (from its dense weights)."""
+    if not spec.kronecker:
+        return student
+    from distilnas.distill.kronecker import kroneckerise
+
+    return kroneckerise(student, spec.kronecker)  # type: ignore[arg-type]
 
 
 def _layer_sources(m: int, n: int, given: Sequence[int | None] | None) -> list[int]:

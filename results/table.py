@@ -45,7 +45,9 @@ def timed(model: torch.nn.Module, cfg: RunConfig) -> dict[str, Any]:
 
 
 def shape_key(student: dict[str, Any]) -> str:
-    return f"{student['layers']}L-{student['hidden']}H-{student['heads']}A-{student['intermediate']}F"
+    shape = f"{student['layers']}L-{student['hidden']}H-{student['heads']}A-{student['intermediate']}F"
+    kron = student.get("kronecker")
+    return shape + (f"-kron{fingerprint(kron)[:6]}" if kron else "")
 
 
 def measurements(cfg: RunConfig, final: dict[str, Any]) -> dict[str, dict[str, Any]]:

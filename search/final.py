@@ -53,10 +53,11 @@ class FinalStudent:
     init: Init
     mapping: str
     origin: list[str] = field(default_factory=list)
+    kronecker: dict[str, Any] | None = None
 
     @property
     def spec(self) -> StudentSpec:
-        return StudentSpec(self.layers, self.hidden, self.heads, self.intermediate)
+        return StudentSpec(self.layers, self.hidden, self.heads, self.intermediate, self.kronecker)
 
 
 def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> list[FinalStudent]:
@@ -86,7 +87,15 @@ def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> l
             continue
         name = f"{spec.name}_{origin}"
         students[key] = FinalStudent(
-            name, spec.layers, spec.hidden, spec.heads, spec.intermediate, s.init, key, [origin]
+            name,
+            spec.layers,
+            spec.hidden,
+            spec.heads,
+            spec.intermediate,
+            s.init,
+            key,
+            [origin],
+            spec.kronecker,
         )
     return list(students.values())
 
