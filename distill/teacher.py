@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+# students of every kind load through the Auto classes: register the NAS-BERT and Kronecker BERT models
+from distilnas.distill import kronecker, nas_bert  # noqa: F401
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError

@@ -786,6 +786,41 @@ def latency(
     )
 
 
+@app.command()
+def inspect(
+    student: Annotated[
+        Path,
+        typer.Argument(
+            metavar="STUDENT.yaml",
+            help="teacher: NAME, and student: {layers, hidden, ..., kronecker: ...} or nas: {path: ...}.",
+        ),
+    ],
+    measure: Annotated[
+        bool, typer.Option(help="Also measure latency (trimmed mean of forward passes).")
+    ] = False,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size for FLOPs and latency.")] = 1,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and latency.")] = 128,
+    as_json: JsonOpt = False,
+) -> None:
+    """Parameters (embeddings apart), FLOPs and, with --measure, latency of any student before training:
+    a plain BERT, a Kronecker-factored one, or a supernet path."""
+    from distilnas.search.inspect_student import inspect as inspect_student
+    from distilnas.search.inspect_student import load_student_file
+
+    spec = load_student_file(student)
+    setup_logging()
+    out = inspect_student(spec, measure, batch, seq_len)
+    table = Table(title=f"{out['student']} (teacher {out['teacher']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("parameters", f"{out['parameters']:,}")
+    table.add_row("  of which embeddings", f"{out['embedding_parameters']:,}")
+    table.add_row(f"GFLOPs (batch {batch}, seq {seq_len})", fmt(out["flops"] / 1e9))
+    if measure:
+        table.add_row("latency ms (trimmed mean)", fmt(out["latency"]["ms"]))
+    emit(out, as_json, table)
+
+
 def main() -> None:
     """Entry point: run the app; a UserError becomes one line on stderr and exit code 2."""
     from pydantic import ValidationError

@@ -128,6 +128,11 @@ def run_supernet_fidelity(run: Path, top: int, n_random: int, address: str | Non
     if not (folder / "results.json").is_file():
         raise UserError(f"{run}: no finished supernet search (no search-supernet/results.json)")
     cfg = RunConfig.model_validate(json.loads((folder / "config.json").read_text())["config"])
+    # trials run in folders of their own: every path they read is made absolute here
+    glue = cfg.data.glue_dir.resolve() if cfg.data.glue_dir else None
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"glue_dir": glue, "cache_dir": cfg.cache_dir.resolve()})}
+    )
     results = json.loads((folder / "results.json").read_text())
     inherited = {s["path"]: -s["inherited_loss"] for s in results["students"]}
     candidates = choose(inherited, top, n_random, cfg.seed)

@@ -1,0 +1,115 @@
+"""``distilnas inspect STUDENT.yaml``: the size, FLOPs and (with ``--measure``) latency of any student,
+built from a short file without training or downloading anything but the teacher's config:
+
+```yaml
+teacher: minilm-l6              # the vocabulary, positions and widths come from it
+student: {layers: 2, hidden: 96}                 # a BERT student (the fields of distill.student)
+# student: {layers: 6, kronecker: {attention: {a: [192, 192], b: [2, 2]}}}    # Kronecker-factored
+# nas: {path: "128:mha,ffn,id,id|192:conv3,id,id,id|128:ffn,ffn,id,id"}       # a supernet path
+#      (blocks follow the path; the file may also set hidden_sizes and operations)
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+
+from distilnas.distill.config import Strict, StudentConfig, describe
+from distilnas.distill.errors import ConfigError, UserError
+from distilnas.distill.measure import count_flops, count_parameters, measure_latency
+
+
+class NasStudent(Strict):
+    path: str
+    """Block by block, ``SIZE:op,op,...`` joined by ``|``."""
+    hidden_sizes: list[int] | None = None
+    """The space's sizes (default: the sizes the path uses)."""
+    operations: list[str] | None = None
+
+
+class StudentFile(Strict):
+    teacher: str = "minilm-l6"
+    student: StudentConfig | None = None
+    nas: NasStudent | None = None
+
+
+def load_student_file(path: Path) -> StudentFile:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        parsed = StudentFile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc)}") from None
+    if (parsed.student is None) == (parsed.nas is None):
+        raise ConfigError(
+            f"{path}: give exactly one of `student` (a BERT student) and `nas` (a supernet path)"
+        )
+    return parsed
+
+
+def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
+    """The student with random weights (sizes and speed do not depend on them), and what it is."""
+    from transformers import BertModel
+
+    from distilnas.distill.config import DistillConfig
+    from distilnas.distill.recipes import student_spec
+    from distilnas.distill.student import build_student
+    from distilnas.distill.teacher import load_config, resolve
+    from distilnas.spaces.nas_space import OPERATIONS, NasSpace
+    from distilnas.spaces.supernet import student_config
+
+    tcfg = load_config(resolve(spec.teacher))
+    if spec.student is not None:
+        sspec = student_spec(DistillConfig(student=spec.student), tcfg)
+        kind = "kronecker" if sspec.kronecker else "bert"
+        teacher: Any = BertModel.__new__(BertModel)  # only its config is read for a random student
+        teacher.config = tcfg
+        return build_student(sspec, teacher, "random"), f"{kind} {sspec.name}"
+    assert spec.nas is not None
+    used = {b.split(":")[0].strip() for b in spec.nas.path.split("|")}
+    sizes = spec.nas.hidden_sizes or sorted(int(h) for h in used if h.isdigit())
+    blocks = spec.nas.path.count("|") + 1
+    try:
+        space = NasSpace(
+            int(tcfg.num_hidden_layers),
+            int(tcfg.hidden_size),
+            blocks,
+            tuple(sizes),
+            tuple(spec.nas.operations or OPERATIONS),
+            vocab_size=int(tcfg.vocab_size),
+            max_positions=int(tcfg.max_position_embeddings),
+            type_vocab=int(tcfg.type_vocab_size),
+        )
+        path = space.parse(spec.nas.path)
+    except UserError as exc:
+        raise UserError(f"nas.{exc}") from None
+    from distilnas.distill.nas_bert import NasBertModel
+
+    model = NasBertModel(student_config(space, path))
+    assert count_parameters(model) == space.params(path)
+    return model, f"supernet path {NasSpace.format(path)}"
+
+
+def inspect(
+    spec: StudentFile, measure: bool, batch_size: int = 1, seq_len: int = 128, repeats: int = 30
+) -> dict[str, Any]:
+    model, kind = build(spec)
+    model.eval()
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    out: dict[str, Any] = {
+        "student": kind,
+        "teacher": spec.teacher,
+        "parameters": count_parameters(model),
+        "embedding_parameters": count_parameters(embeddings),
+        "flops": count_flops(model, batch_size, seq_len),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+    }
+    if measure:
+        out["latency"] = measure_latency(model, batch_size, seq_len, repeats=repeats).as_dict()
+    return out
