@@ -68,7 +68,7 @@ def test_plain_kronecker_and_supernet_students(tmp_path: Path) -> None:
         ('nas: {path: "32:mha,id,ffn,id|64:conv3,id,id,id"}', "identity only ends a block"),
         (
             "student: {layers: 2}\nnas: {path: '32:ffn,id,id,id|32:ffn,id,id,id'}",
-            "give exactly one of `student`",
+            "exactly one of `student`",
         ),
         (
             "student: {layers: 2, kronecker: {ffn_in: {a: [3, 2], b: [8, 8]}}}",
