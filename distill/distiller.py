@@ -157,6 +157,14 @@ class Distiller:
 
     def _check(self, hs: int) -> None:
         s = self.settings
+        if self.student.config.model_type == "nas-bert":  # no Q/K/V to record; embeddings at block 1's size
+            allowed = {"hidden_mse", "hidden_cosine", "prediction_ce", "hard_label"}
+            other = sorted(set(self.weights) - allowed)
+            if other or any(st == 0 for st, _ in self.pairs):
+                raise UserError(
+                    f"a NAS-BERT student distils block outputs and logits ({', '.join(sorted(allowed))}) "
+                    f"over block pairs; not {other or 'the embeddings (pair 0)'}"
+                )
         if "minilm_relation" in self.weights and (
             hs % s.relation_heads or self.teacher.hidden_size % s.relation_heads
         ):

@@ -243,13 +243,23 @@ def check_factors(kronecker: dict[str, Any], vocab: int, hidden: int, intermedia
     }
     for kind, spec in kronecker.items():
         if kind == "embedding":
+            if int(spec["b"][0]) != 1:
+                raise UserError("kronecker.embedding: B is one row (1 x k), a token reads its row of A")
             b_cols = int(spec["b"][1])
             a = spec.get("a") or [vocab, hidden // max(b_cols, 1)]
             check_shapes((vocab, hidden), a, spec["b"], "kronecker.embedding")
-            if int(spec["b"][0]) != 1:
-                raise UserError("kronecker.embedding: B is one row (1 x k), a token reads its row of A")
+            if int(spec.get("rank", 1)) != 1:
+                raise UserError("kronecker.embedding: one term (rank 1)")
         elif kind in shapes:
+            if not spec.get("a"):
+                raise UserError(f"kronecker.{kind}: A's shape `a` is needed")
             check_shapes(shapes[kind], spec["a"], spec["b"], f"kronecker.{kind}")
+            (m1, n1), (m2, n2) = spec["a"], spec["b"]
+            if int(spec.get("rank", 1)) > min(m1 * n1, m2 * n2):
+                raise UserError(
+                    f"kronecker.{kind}: rank {spec['rank']} is more than the {min(m1 * n1, m2 * n2)} "
+                    "terms these factors can hold"
+                )
         else:
             raise UserError(f"kronecker: unknown {kind!r}; known: {', '.join(KINDS)}")
 

@@ -285,7 +285,8 @@ class NasBertConfig(PretrainedConfig):
 class NasBertPreTrainedModel(PreTrainedModel):
     config_class = NasBertConfig
     base_model_prefix = "nas_bert"
-    # attention is always SDPA here: any implementation name (eager, sdpa, the recording one) is accepted
+    # attention is always SDPA here, whatever implementation is named (eager, sdpa, the recording one):
+    # nothing is recorded, so NAS-BERT students distil block outputs and logits only
     _supports_attention_backend = True
     _supports_sdpa = True
 

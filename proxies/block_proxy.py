@@ -84,7 +84,7 @@ def prepare_block_proxy(
             corpus.save_to_disk(str(tmp))
     cache = teacher_cache(encoder, source.identity(), corpus, max_length, ["hidden"], cache_dir)
     proxy = BlockProxy(
-        teacher=source.location,
+        teacher=str(Path(source.location).resolve()) if Path(source.location).exists() else source.location,
         corpus_data=str(data),
         corpus_cache=str(cache.path),
         corpus_fingerprint=cache.fingerprint,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from distilnas.distill.data import LengthBucketBatches
 from distilnas.distill.nas_bert import NasBlock
-from distilnas.distill.utils import adamw, atomic_dir, atomic_write_json, seed_everything
+from distilnas.distill.utils import adamw, atomic_dir, atomic_write_json, default_device, seed_everything
 from distilnas.proxies.block_proxy import BlockProxy
 from distilnas.proxies.latency import LatencyTable
 from distilnas.search.config import SupernetSearchConfig
@@ -108,6 +109,7 @@ class BlockTrainer:
         self.params = np.array([self.space.block_params(position, p) for p in self.paths])
         self.latency = np.array([work.table.block(position, p) for p in self.paths])
         self.cache, self.packed = self.proxy.cache(), self.proxy.rows()
+        self.device = default_device()
 
     # ------------------------------------------------------------------ data
 
@@ -117,9 +119,9 @@ class BlockTrainer:
         b = self.packed.batch(rows, self.proxy.pad_id)
         mask = b["attention_mask"].bool()
         layers = [self.t_out] if self.position == 0 else [self.t_in, self.t_out]
-        views = self.cache.views(rows, mask.shape[1], hidden_layers=layers)
-        x = b["input_ids"] if self.position == 0 else views.hidden[self.t_in]
-        return x, views.hidden[self.t_out], mask, b["token_type_ids"]
+        views = self.cache.views(rows, mask.shape[1], hidden_layers=layers, device=self.device)
+        x = b["input_ids"].to(self.device) if self.position == 0 else views.hidden[self.t_in]
+        return x, views.hidden[self.t_out], mask.to(self.device), b["token_type_ids"].to(self.device)
 
     def loss(self, block: NasBlock, data: tuple, path: BlockPath) -> torch.Tensor:
         x, target, mask, types = data
@@ -129,7 +131,9 @@ class BlockTrainer:
     def score(self, block: NasBlock, indices: list[int]) -> dict[int, float]:
         """Each path's mean loss over the held-out batches."""
         block.eval()
-        out = {i: float(np.mean([self.loss(block, d, self.paths[i]) for d in self.held])) for i in indices}
+        out = {
+            i: float(np.mean([float(self.loss(block, d, self.paths[i])) for d in self.held])) for i in indices
+        }
         block.train()
         return out
 
@@ -137,7 +141,9 @@ class BlockTrainer:
 
     def save(self, block: NasBlock, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         with atomic_dir(self.folder / "checkpoint") as tmp:
-            save_file({k: v.contiguous() for k, v in block.state_dict().items()}, tmp / "weights.safetensors")
+            save_file(
+                {k: v.contiguous().cpu() for k, v in block.state_dict().items()}, tmp / "weights.safetensors"
+            )
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
             atomic_write_json(tmp / "state.json", state)
 
@@ -145,8 +151,8 @@ class BlockTrainer:
         ckpt = self.folder / "checkpoint"
         if not (ckpt / "state.json").is_file():
             return None
-        block.load_state_dict(load_file(ckpt / "weights.safetensors"))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        block.load_state_dict(load_file(ckpt / "weights.safetensors", device=str(self.device)))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=self.device))
         return dict(json.loads((ckpt / "state.json").read_text()))
 
     def fresh(self) -> NasBlock:
@@ -154,7 +160,7 @@ class BlockTrainer:
         seed_everything(self.proxy.seed + self.position)
         block = supernet_block(self.space, self.position)
         self.start(block)
-        return block
+        return block.to(self.device)
 
     def start(self, block: NasBlock) -> None:
         """Embeddings from the teacher's, or projections from PCA of the input boundary."""
@@ -162,10 +168,14 @@ class BlockTrainer:
             from transformers import AutoModel
 
             initialise(block, teacher=AutoModel.from_pretrained(self.proxy.teacher))
-        else:
-            rows = self.proxy.train_rows[: 4 * self.s.batch_size].tolist()
-            x, _, mask, _ = self.batch(rows)
-            initialise(block, inputs=x[mask])
+        else:  # enough tokens for every principal direction the widest size needs
+            width, tokens, rows = max(self.space.hidden_sizes), [], self.proxy.train_rows
+            for start in range(0, len(rows), 4 * self.s.batch_size):
+                x, _, mask, _ = self.batch(rows[start : start + 4 * self.s.batch_size].tolist())
+                tokens.append(x[mask].cpu())
+                if sum(len(t) for t in tokens) > width:
+                    break
+            initialise(block, inputs=torch.cat(tokens))
 
     # ------------------------------------------------------------------ training
 
@@ -209,6 +219,7 @@ class BlockTrainer:
             if bins is None and state["epoch"] >= s.warmup_epochs:
                 bins = Bins.draw(self.params, self.latency, s.bins, s.paths_per_bin, rng)
                 entry["drawn"] = len(bins.members())
+                state["pools"] = bins.pools
             elif bins is not None:
                 t0 = time.perf_counter()
                 scored = bins.members(larger_than=s.keep_per_bin)
@@ -251,8 +262,10 @@ class BlockTrainer:
             "history": state["history"],
         }
         self.folder.mkdir(parents=True, exist_ok=True)
+        weights = self.folder / "weights.safetensors"
         save_file(
-            {k: v.contiguous() for k, v in block.state_dict().items()}, self.folder / "weights.safetensors"
+            {k: v.contiguous().cpu() for k, v in block.state_dict().items()}, weights.with_suffix(".tmp")
         )
+        os.replace(weights.with_suffix(".tmp"), weights)  # whole or absent; result.json comes last
         atomic_write_json(self.folder / "result.json", outcome)
         return outcome

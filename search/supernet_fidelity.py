@@ -130,6 +130,10 @@ def run_supernet_fidelity(run: Path, top: int, n_random: int, address: str | Non
     cfg = RunConfig.model_validate(json.loads((folder / "config.json").read_text())["config"])
     # trials run in folders of their own: every path they read is made absolute here
     glue = cfg.data.glue_dir.resolve() if cfg.data.glue_dir else None
+    if Path(cfg.teacher.name).exists():
+        cfg = cfg.model_copy(
+            update={"teacher": cfg.teacher.model_copy(update={"name": str(Path(cfg.teacher.name).resolve())})}
+        )
     cfg = cfg.model_copy(
         update={"data": cfg.data.model_copy(update={"glue_dir": glue, "cache_dir": cfg.cache_dir.resolve()})}
     )

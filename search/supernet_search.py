@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,11 @@ from safetensors.torch import load_file
 
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import count_parameters
+from distilnas.distill.measure import count_parameters, device_name
 from distilnas.distill.nas_bert import NasBertModel
 from distilnas.distill.teacher import load_config as load_model_config
 from distilnas.distill.teacher import load_tokenizer, resolve
-from distilnas.distill.utils import atomic_dir, atomic_write_json, fingerprint
+from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint
 from distilnas.proxies.block_proxy import BlockProxy, prepare_block_proxy
 from distilnas.proxies.latency import LatencyTable, mape, measure_table
 from distilnas.results.pareto import non_dominated_sort
@@ -84,7 +85,8 @@ def checked_space(cfg: RunConfig) -> NasSpace:
 def latency_table(cfg: RunConfig, space: NasSpace, folder: Path) -> LatencyTable:
     """The table for the final stage's latency setting, measured once per setting and space."""
     lat = cfg.final.latency
-    key = fingerprint(lat.model_dump(mode="json"), space.hidden_sizes, space.operations, space.teacher_hidden)
+    device = device_name(default_device())
+    key = fingerprint(lat.model_dump(mode="json"), device, asdict(space))
     record = folder / "latency.json"
     if record.is_file():
         data = json.loads(record.read_text())
@@ -209,7 +211,7 @@ def spread(items: list[dict[str, Any]], n: int, key: str) -> list[dict[str, Any]
 def supernet_weights(blocks_dir: Path, blocks: int) -> list[dict[str, torch.Tensor]]:
     """Every trained block's state dict; a block not trained yet is a clear error."""
     files = [blocks_dir / f"block{b + 1}" / "weights.safetensors" for b in range(blocks)]
-    missing = [b + 1 for b, f in enumerate(files) if not f.is_file()]
+    missing = [b + 1 for b, f in enumerate(files) if not (f.parent / "result.json").is_file()]
     if missing:
         raise UserError(f"{blocks_dir}: supernet block(s) {missing} not trained yet")
     return [load_file(f) for f in files]
@@ -232,8 +234,11 @@ class HeldOut:
     @torch.no_grad()
     def __call__(self, model: NasBertModel) -> float:
         model.eval()
+        device = next(model.parameters()).device
         losses = []
-        for batch, teacher in self.held:
+        for cpu_batch, cpu_teacher in self.held:
+            batch = {k: v.to(device) for k, v in cpu_batch.items()}
+            teacher = {k: v.to(device) for k, v in cpu_teacher.items()}
             mask = batch["attention_mask"].bool()
             states = model(**batch, output_hidden_states=True).hidden_states
             per_block = [masked_mse(states[b + 1], teacher[t], mask) for b, t in enumerate(self.boundaries)]
@@ -291,10 +296,11 @@ def rescore(
 
 
 def student_name(record: dict[str, Any]) -> str:
-    """Provenance in the name (HAT): size, latency and proxy loss."""
-    return (
-        f"nas-{record['params'] / 1e6:.1f}M_{record['measured_ms']:.1f}ms_loss{record['inherited_loss']:.3f}"
+    """Provenance in the name (HAT): size, latency, proxy loss, and the path's digest (names never clash)."""
+    figures = (
+        f"{record['params'] / 1e6:.1f}M_{record['measured_ms']:.1f}ms_loss{record['inherited_loss']:.3f}"
     )
+    return f"nas-{figures}_{fingerprint(record['path'])[:6]}"
 
 
 def save_students(
@@ -361,7 +367,7 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     weights = supernet_weights(folder / "blocks", space.blocks)
     scorer = HeldOut(space, proxy, sn.batch_size, sn.score_batches)
     scored = rescore(cfg, space, scorer, weights, table, storage, chosen)
-    fronts = non_dominated_sort([(r["inherited_loss"], r["params"], r["predicted_ms"]) for r in scored])
+    fronts = non_dominated_sort([(r["inherited_loss"], r["params"], r["measured_ms"]) for r in scored])
     front = sorted((scored[i] for i in fronts[0]), key=lambda r: r["params"])
     for r in scored:
         r["front"] = any(r is f for f in front)

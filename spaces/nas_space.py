@@ -69,6 +69,15 @@ class NasSpace:
         unknown = [op for op in self.operations if op not in OPERATIONS]
         if unknown or not self.operations:
             raise UserError(f"operations: unknown {unknown}; known: {', '.join(OPERATIONS)}")
+        for name, values in (("hidden_sizes", self.hidden_sizes), ("operations", self.operations)):
+            if len(set(values)) != len(values):
+                raise UserError(f"{name}: {list(values)} repeats a value")
+        if "mha" in self.operations:
+            split = [h for h in self.hidden_sizes if h % nas_bert.heads_for(h)]
+            if split:
+                raise UserError(
+                    f"hidden_sizes: {split} do not split into heads of 64 (mha uses hidden // 64 heads)"
+                )
 
     @property
     def layers(self) -> int:

@@ -138,6 +138,11 @@ def test_published_configurations_give_the_papers_parameter_counts(name: str) ->
         ),
         ({"ffn_in": {"a": [8, 2], "b": [16, 16]}}, "kronecker.ffn_in: factors 8x2 and 16x16 make a 128x32"),
         ({"embedding": {"a": [1000, 20], "b": [1, 3]}}, "kronecker.embedding"),
+        ({"attention": {"b": [8, 8]}}, "kronecker.attention: A's shape `a` is needed"),
+        (
+            {"attention": {"a": [32, 32], "b": [2, 2], "rank": 8}},
+            "kronecker.attention: rank 8 is more than the 4",
+        ),
         ({"pooler": {"a": [1, 1], "b": [64, 64]}}, "kronecker: unknown 'pooler'"),
     ],
 )

@@ -208,20 +208,21 @@ def test_block_training_shrinks_and_resumes_where_it_stopped(block_setup, monkey
         assert c["latency_ms"] == pytest.approx(table.block(1, space.block_at(c["index"])))
     assert whole["history"][-1]["train_loss"] < whole["history"][0]["train_loss"]
 
-    saves = []
     real_save = BlockTrainer.save
-
-    def save_then_die(self, *args):  # type: ignore[no-untyped-def]
-        real_save(self, *args)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt  # as if killed after the second epoch's checkpoint
-
-    monkeypatch.setattr(BlockTrainer, "save", save_then_die)
     work = BlockWork(proxy, space, settings, table, str(tmp / "killed"))
-    with pytest.raises(KeyboardInterrupt):
-        work({"block": 1})
-    assert not (tmp / "killed" / "block2" / "result.json").exists()
+    for kill_at in (1, 2):  # killed after the warm-up epoch (bins just drawn), then after a shrink
+        saves = []
+
+        def save_then_die(self, *args, kill_at=kill_at, saves=saves):  # type: ignore[no-untyped-def]
+            real_save(self, *args)
+            saves.append(1)
+            if len(saves) == kill_at:
+                raise KeyboardInterrupt  # as if killed right after this epoch's checkpoint
+
+        monkeypatch.setattr(BlockTrainer, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            work({"block": 1})
+        assert not (tmp / "killed" / "block2" / "result.json").exists()
     monkeypatch.setattr(BlockTrainer, "save", real_save)
     resumed = work({"block": 1})
     assert resumed["steps"] == whole["steps"] and resumed["epochs"] == 3
@@ -230,3 +231,34 @@ def test_block_training_shrinks_and_resumes_where_it_stopped(block_setup, monkey
         [c["loss"] for c in resumed["candidates"]], [c["loss"] for c in whole["candidates"]], rtol=1e-4
     )
     assert work({"block": 1}) == resumed  # finished: read back, never trained again
+
+
+@pytest.mark.parametrize(
+    ("sizes", "ops", "message"),
+    [
+        ((64, 64), ("mha",), "hidden_sizes: [64, 64] repeats a value"),
+        ((64,), ("ffn", "ffn"), "operations: ['ffn', 'ffn'] repeats a value"),
+        ((100, 200), ("mha", "ffn"), "hidden_sizes: [200] do not split into"),
+    ],
+)
+def test_spaces_that_cannot_be_built_are_refused(sizes: tuple, ops: tuple, message: str) -> None:
+    from distilnas.distill.errors import UserError
+
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        NasSpace(6, 384, 3, sizes, ops)
+
+
+def test_a_nas_student_refuses_losses_it_cannot_serve(tiny_teacher) -> None:  # type: ignore[no-untyped-def]
+    from distilnas.distill.config import DistillSettings
+    from distilnas.distill.distiller import Distiller, LiveTeacher
+    from distilnas.distill.errors import UserError
+
+    space = NasSpace(4, 64, 2, (32, 64), vocab_size=30522, max_positions=64)
+    student = extract(
+        space,
+        space.parse("32:ffn,id,id,id|64:ffn,id,id,id"),
+        [supernet_block(space, i).state_dict() for i in range(2)],
+    )
+    settings = DistillSettings(losses={"hidden_mse": 1.0, "attention_mse": 1.0})
+    with pytest.raises(UserError, match="not \\['attention_mse'\\]"):
+        Distiller(student, LiveTeacher(tiny_teacher), [(1, 2), (2, 4)], settings)
