@@ -1,9 +1,10 @@
 """A per-operation latency table for NAS-BERT students, measured on this device.
 
 Every part a student can have is timed alone at the table's setting (batch 1, sequence 128 by default):
-the embeddings, the input and output projections and each operation, at each hidden size. A path's
-predicted latency is the sum of its parts. :func:`mape` reports the prediction's error against the
-measured latency of whole students; HAT's rule: a predictor reports its own error.
+the embeddings, the input and output projections and each operation, at each hidden size, round robin
+beside a whole (smallest) student, whose time beyond its parts is the model's fixed overhead. A path's
+predicted latency is the sum of its parts plus that overhead. :func:`mape` reports the prediction's error
+against the measured latency of whole students; HAT's rule: a predictor reports its own error.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from distilnas.distill.measure import device_name, trimmed_mean
-from distilnas.distill.nas_bert import OPERATIONS, SlicedEmbeddings, SlicedLinear
+from distilnas.distill.nas_bert import IDENTITY, OPERATIONS, NasBertModel, SlicedEmbeddings, SlicedLinear
 from distilnas.distill.utils import default_device
 from distilnas.spaces.nas_space import BlockPath, NasSpace
+from distilnas.spaces.supernet import student_config
 
 
 @dataclass
 class LatencyTable:
-    """Milliseconds per part, keyed ``"<part>@<hidden>"`` (parts: embed, in, out and the operations)."""
+    """Milliseconds per part, keyed ``"<part>@<hidden>"`` (parts: embed, in, out and the operations), and
+    ``"overhead"``: what a whole model costs beyond its parts."""
 
     batch_size: int
     seq_len: int
@@ -40,7 +43,8 @@ class LatencyTable:
         return ms + sum(self.entries[f"{op}@{h}"] for op in block.ops[: block.depth])
 
     def predict(self, path: Sequence[BlockPath]) -> float:
-        return sum(self.block(i, b) for i, b in enumerate(path))
+        """The sum of the path's parts, plus the model's own overhead (masks, outputs)."""
+        return self.entries.get("overhead", 0.0) + sum(self.block(i, b) for i, b in enumerate(path))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +90,13 @@ def measure_table(
         ]
         for op in space.operations:
             jobs.append((f"{op}@{h}", partial(OPERATIONS[op](h).to(device).eval(), x, mask)))
+    # The model's own cost beyond its parts (building the mask, collecting outputs): a whole student
+    # of the smallest parts is timed with them, and what its parts do not explain is the overhead.
+    first = (space.operations[0],) + (IDENTITY,) * (space.block_layers - 1)
+    smallest = [BlockPath(min(space.hidden_sizes), first)] * space.blocks
+    model: Any = NasBertModel(student_config(space, smallest))
+    model = model.to(device).eval()
+    jobs.append(("model", partial(model, ids, mask.long())))
     # Round robin: each part is timed right after a different one, as inside a model, so it meets caches
     # as warm or cold as it would there (a part timed alone, again and again, reads as faster).
     times: dict[str, list[float]] = {key: [] for key, _ in jobs}
@@ -99,6 +110,8 @@ def measure_table(
                     if r >= warmup:
                         times[key].append((time.perf_counter() - start) * 1000)
         table.entries = {key: trimmed_mean(ts, trim) for key, ts in times.items()}
+        whole = table.entries.pop("model")
+        table.entries["overhead"] = max(0.0, whole - table.predict(smallest))
     finally:
         torch.set_num_threads(before)
     return table

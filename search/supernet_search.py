@@ -331,6 +331,7 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     sn = cfg.search.supernet
     check_run_folder(folder, cfg, resume)
     storage = open_storage(cfg.storage.url, cfg.output_dir)
+    table = latency_table(cfg, space, folder)  # timed before Ray starts its processes beside it
     init_ray(address or cfg.ray.address)
     atomic_write_json(
         folder / "config.json", {"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
@@ -346,10 +347,12 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
         folder,
         cfg.seed,
     )
-    table = latency_table(cfg, space, folder)
     recorder = BlockRecorder(storage, cfg.storage.study_prefix, space.blocks)
     blocks, ray_overhead = train_blocks(cfg, space, proxy, table, folder, recorder)
     ordered = [blocks[f"block{b + 1}"] for b in range(space.blocks)]
+    import ray
+
+    ray.shutdown()  # the rest runs here; students are timed without Ray's processes beside them
 
     start = time.perf_counter()
     study = select(cfg, storage, [b["candidates"] for b in ordered])
