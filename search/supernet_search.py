@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def select(
         sampler=optuna.samplers.NSGAIISampler(population_size=sn.population, seed=cfg.seed),
         load_if_exists=True,
     )
-    study.set_metric_names(["summed block loss", "parameters", "predicted latency ms"])
+    metric_names(study, ["summed block loss", "parameters", "predicted latency ms"])
     by_path = [{c["path"]: c for c in block} for block in candidates]
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -194,6 +195,13 @@ def select(
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=todo, show_progress_bar=True)
     return study
+
+
+def metric_names(study: optuna.Study, names: list[str]) -> None:
+    """Name the objectives for the dashboard (an experimental Optuna API: its warning is noise here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def spread(items: list[dict[str, Any]], n: int, key: str) -> list[dict[str, Any]]:
@@ -263,7 +271,7 @@ def rescore(
         directions=["minimize", "minimize", "minimize"],
         load_if_exists=True,
     )
-    study.set_metric_names(["inherited loss", "parameters", "measured latency ms"])
+    metric_names(study, ["inherited loss", "parameters", "measured latency ms"])
     known = {t.user_attrs["path"]: t.user_attrs for t in study.get_trials(deepcopy=False) if t.values}
     out = []
     for entry in estimated:
