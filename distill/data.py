@@ -211,12 +211,30 @@ def tokenize_texts(
     name: str = "corpus",
 ) -> Dataset:
     """Tokenize raw text (one example per string) for general distillation; cached under ``cache_dir``."""
+    if cache_dir is None:
+        return _tokenize(texts, tokenizer, max_length)
+    return tokenized_texts(texts, tokenizer, max_length, cache_dir, name)[0]
+
+
+def tokenized_texts(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: str | Path,
+    name: str = "corpus",
+) -> tuple[Dataset, Path]:
+    """:func:`tokenize_texts`, and the folder of the saved Dataset (what trials load by path)."""
     key = fingerprint(
         "texts-tokenized-v1", fingerprint(list(texts)), tokenizer_fingerprint(tokenizer), max_length
     )
-    path = Path(cache_dir) / "tokenized" / f"{name}-{key}" if cache_dir else None
-    if path is not None and (path / "dataset_info.json").is_file():
-        return load_from_disk(str(path))
+    path = Path(cache_dir) / "tokenized" / f"{name}-{key}"
+    if not (path / "dataset_info.json").is_file():
+        with atomic_dir(path) as tmp:
+            _tokenize(texts, tokenizer, max_length).save_to_disk(str(tmp))
+    return load_from_disk(str(path)), path
+
+
+def _tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
 
     def encode(batch: dict) -> dict:
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -227,9 +245,4 @@ def tokenize_texts(
             "length": [len(x) for x in enc["input_ids"]],
         }
 
-    ds = Dataset.from_dict({"text": list(texts)}).map(encode, batched=True, remove_columns=["text"])
-    if path is not None:
-        with atomic_dir(path) as tmp:
-            ds.save_to_disk(str(tmp))
-        ds = load_from_disk(str(path))
-    return ds
+    return Dataset.from_dict({"text": list(texts)}).map(encode, batched=True, remove_columns=["text"])

@@ -171,33 +171,45 @@ def _shapes(cfg: KroneckerBertConfig, kind: str) -> tuple[list[int], list[int], 
     return list(spec["a"]), list(spec["b"]), int(spec.get("rank", 1))
 
 
-def factorise(bert: BertModel, cfg: KroneckerBertConfig) -> None:
+def factorise(bert: BertModel, cfg: KroneckerBertConfig, from_dense: bool = True) -> None:
     """Replace ``bert``'s layers by Kronecker ones as ``cfg.kronecker`` says, each started from the dense
-    weight it replaces by the nearest Kronecker product."""
+    weight it replaces by the nearest Kronecker product (``from_dense``), or left random (the model is
+    being built to receive saved weights: no SVD is spent on random ones)."""
     h, inter = cfg.hidden_size, cfg.intermediate_size
     check_factors(cfg.kronecker, cfg.vocab_size, h, inter)
     if "embedding" in cfg.kronecker:
         b_cols = int(cfg.kronecker["embedding"]["b"][1])
-        emb = bert.embeddings
-        emb.word_embeddings = KroneckerEmbedding.from_embedding(emb.word_embeddings, b_cols)
+        emb: Any = bert.embeddings
+        dense_emb = emb.word_embeddings
+        emb.word_embeddings = (
+            KroneckerEmbedding.from_embedding(dense_emb, b_cols)
+            if from_dense
+            else KroneckerEmbedding(
+                dense_emb.num_embeddings, dense_emb.embedding_dim, b_cols, dense_emb.padding_idx
+            )
+        )
+
+    def factored(linear: nn.Linear, kind: str) -> KroneckerLinear:
+        a, b, r = _shapes(cfg, kind)
+        if from_dense:
+            return KroneckerLinear.from_linear(linear, a, b, r)
+        return KroneckerLinear(linear.in_features, linear.out_features, a, b, r)
+
     layers: list[Any] = list(bert.encoder.layer)
     for layer in layers:
         attn = layer.attention
         if "attention" in cfg.kronecker:
-            a, b, r = _shapes(cfg, "attention")
             for owner, name in (
                 (attn.self, "query"),
                 (attn.self, "key"),
                 (attn.self, "value"),
                 (attn.output, "dense"),
             ):
-                setattr(owner, name, KroneckerLinear.from_linear(getattr(owner, name), a, b, r))
+                setattr(owner, name, factored(getattr(owner, name), "attention"))
         if "ffn_in" in cfg.kronecker:
-            a, b, r = _shapes(cfg, "ffn_in")
-            layer.intermediate.dense = KroneckerLinear.from_linear(layer.intermediate.dense, a, b, r)
+            layer.intermediate.dense = factored(layer.intermediate.dense, "ffn_in")
         if "ffn_out" in cfg.kronecker:
-            a, b, r = _shapes(cfg, "ffn_out")
-            layer.output.dense = KroneckerLinear.from_linear(layer.output.dense, a, b, r)
+            layer.output.dense = factored(layer.output.dense, "ffn_out")
 
 
 class KroneckerBertModel(BertModel):
@@ -205,7 +217,7 @@ class KroneckerBertModel(BertModel):
 
     def __init__(self, config: KroneckerBertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config, add_pooling_layer)
-        factorise(self, config)
+        factorise(self, config, from_dense=False)
 
 
 class KroneckerBertForSequenceClassification(BertForSequenceClassification):
@@ -213,7 +225,7 @@ class KroneckerBertForSequenceClassification(BertForSequenceClassification):
 
     def __init__(self, config: KroneckerBertConfig) -> None:
         super().__init__(config)
-        factorise(self.bert, config)
+        factorise(self.bert, config, from_dense=False)
 
 
 def kroneckerise(

@@ -236,7 +236,10 @@ class NasBlock(nn.Module):
     ) -> torch.Tensor:
         """``x``: token ids (first block) or the teacher-width state; ``ops`` one per position (``id``
         ends the chain). Returns the block's output at the teacher's width."""
-        y = self.enter(x, token_type_ids, hidden)
+        return self.chain(self.enter(x, token_type_ids, hidden), mask, ops)
+
+    def chain(self, y: torch.Tensor, mask: torch.Tensor, ops: Sequence[str]) -> torch.Tensor:
+        """The layers after the input (``id`` ends them), then the projection to the teacher's width."""
         for layer, op in zip(self.layers, ops, strict=False):  # ops may end before the positions do
             if op == IDENTITY:
                 break
@@ -344,9 +347,7 @@ class NasBertModel(NasBertPreTrainedModel):
             y = block.enter(x, token_type_ids, h)
             if i == 0:
                 states.append(y)
-            for layer, op in zip(block.layers, spec["ops"], strict=True):
-                y = layer[op](y, mask)
-            x = block.out(y)
+            x = block.chain(y, mask, spec["ops"])
             states.append(x)
         return BaseModelOutput(
             last_hidden_state=x, hidden_states=tuple(states) if output_hidden_states else None

@@ -25,7 +25,6 @@ from transformers import (
     PreTrainedModel,
 )
 
-from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT student with the Auto classes)
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task

@@ -16,11 +16,11 @@ from datasets import load_from_disk
 
 from distilnas.distill.config import TeacherConfig
 from distilnas.distill.corpus import sample_fraction
-from distilnas.distill.data import PackedRows, tokenize_texts
+from distilnas.distill.data import PackedRows, tokenized_texts
 from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
-from distilnas.distill.utils import atomic_dir, atomic_write_json
+from distilnas.distill.utils import atomic_write_json
 
 
 @dataclass
@@ -77,11 +77,7 @@ def prepare_block_proxy(
             f"search.supernet.corpus_fraction: {len(sample)} texts leave too few to train on beside the "
             f"{held_out} held out for scoring"
         )
-    corpus = tokenize_texts(sample, tok, max_length, cache_dir)
-    data = out_dir / "corpus"
-    if not (data / "dataset_info.json").is_file():
-        with atomic_dir(data) as tmp:
-            corpus.save_to_disk(str(tmp))
+    corpus, data = tokenized_texts(sample, tok, max_length, cache_dir)
     cache = teacher_cache(encoder, source.identity(), corpus, max_length, ["hidden"], cache_dir)
     proxy = BlockProxy(
         teacher=str(Path(source.location).resolve()) if Path(source.location).exists() else source.location,

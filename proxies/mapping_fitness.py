@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from distilnas.distill.config import DistillConfig, TaskDistillConfig, TeacherConfig
 from distilnas.distill.corpus import sample_fraction
-from distilnas.distill.data import TokenizedSplit, tokenize_split, tokenize_texts
+from distilnas.distill.data import TokenizedSplit, tokenize_split, tokenized_texts
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
 from distilnas.distill.finetune import evaluate, train
 from distilnas.distill.glue import get_task
@@ -35,7 +35,7 @@ from distilnas.distill.recipes import importance_batches, student_spec, with_hea
 from distilnas.distill.student import Init, StudentSpec, build_student, importance
 from distilnas.distill.teacher import ModelSource, fine_tuned_teacher, load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
-from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, seed_everything
+from distilnas.distill.utils import atomic_write_json, default_device, seed_everything
 from distilnas.proxies.config import ProxyConfig
 from distilnas.spaces.mapping import LayerMapping
 
@@ -117,11 +117,7 @@ def prepare(
     source = resolve(teacher.name)
     encoder, tok = load_encoder(source), load_tokenizer(source)
     texts = sample_fraction(corpus_texts, proxy.corpus_fraction, seed)
-    corpus = tokenize_texts(texts, tok, distill.max_length, cache_dir)
-    corpus_data = out_dir / "corpus"
-    if not (corpus_data / "dataset_info.json").is_file():
-        with atomic_dir(corpus_data) as tmp:
-            corpus.save_to_disk(str(tmp))
+    corpus, corpus_data = tokenized_texts(texts, tok, distill.max_length, cache_dir)
     general_fields = sorted(teacher_fields(distill.general.losses))
     ccache = teacher_cache(encoder, source.identity(), corpus, distill.max_length, general_fields, cache_dir)
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.trial import TrialState
 
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.errors import UserError
@@ -35,7 +34,15 @@ from distilnas.distill.utils import atomic_write_json
 from distilnas.proxies.config import ProxyConfig
 from distilnas.proxies.mapping_fitness import PreparedProxy, prepare
 from distilnas.search.config import RunConfig
-from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, run_searcher
+from distilnas.search.tune_runner import (
+    Job,
+    JobSearcher,
+    finished_jobs,
+    init_ray,
+    job_trial,
+    record_job,
+    run_searcher,
+)
 from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
@@ -246,24 +253,11 @@ class FinalRecorder:
         params = {"student": job.config["student"]} if general else dict(job.config)
         dists = {k: self.dists[k] for k in params}
         value = None if outcome is None else float(outcome["loss"] if general else outcome["score"])
-        attrs = {"job": job.id, **({"outcome": json.dumps(outcome)} if outcome else {})}
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.COMPLETE if outcome is not None else TrialState.FAIL,
-                value=value,
-                params=params,
-                distributions=dists,
-                user_attrs=attrs,
-            )
-        )
+        record_job(study, job, outcome, value, params, dists)
 
     def done(self) -> dict[str, dict[str, Any] | None]:
         """Job id -> outcome of every finished job (the storage is the record of what ran)."""
-        out: dict[str, dict[str, Any] | None] = {}
-        for study in (self.general, self.tasks):
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                out[t.user_attrs["job"]] = json.loads(t.user_attrs["outcome"])
-        return out
+        return dict(finished_jobs(self.general, self.tasks))
 
 
 def run_final(

@@ -58,7 +58,8 @@ def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
 
     from distilnas.distill.config import DistillConfig
     from distilnas.distill.recipes import student_spec
-    from distilnas.distill.student import build_student
+    from distilnas.distill.student import kronecker_student
+    from distilnas.distill.student import student_config as bert_config
     from distilnas.distill.teacher import load_config, resolve
     from distilnas.spaces.nas_space import OPERATIONS, NasSpace
     from distilnas.spaces.supernet import student_config
@@ -67,9 +68,7 @@ def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
     if spec.student is not None:
         sspec = student_spec(DistillConfig(student=spec.student), tcfg)
         kind = "kronecker" if sspec.kronecker else "bert"
-        teacher: Any = BertModel.__new__(BertModel)  # only its config is read for a random student
-        teacher.config = tcfg
-        return build_student(sspec, teacher, "random"), f"{kind} {sspec.name}"
+        return kronecker_student(BertModel(bert_config(sspec, tcfg)), sspec), f"{kind} {sspec.name}"
     assert spec.nas is not None
     used = {b.split(":")[0].strip() for b in spec.nas.path.split("|")}
     sizes = spec.nas.hidden_sizes or sorted(int(h) for h in used if h.isdigit())

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json
@@ -35,7 +34,15 @@ from distilnas.proxies.fidelity import choose, rank_agreement
 from distilnas.proxies.latency import LatencyTable
 from distilnas.results.storage import open_storage
 from distilnas.search.config import RunConfig
-from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, run_searcher
+from distilnas.search.tune_runner import (
+    Job,
+    JobSearcher,
+    finished_jobs,
+    init_ray,
+    job_trial,
+    record_job,
+    run_searcher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +158,11 @@ def run_supernet_fidelity(run: Path, top: int, n_random: int, address: str | Non
         direction="maximize",
         load_if_exists=True,
     )
-    done = {
-        t.user_attrs["job"]: json.loads(t.user_attrs["outcome"])
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    }
+    done = finished_jobs(study)
 
     def record(job: Job, outcome: dict[str, Any] | None) -> None:
-        attrs = {"job": job.id, "path": job.config["path"]}
-        if outcome is not None:
-            attrs["outcome"] = json.dumps(outcome)
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.COMPLETE if outcome else TrialState.FAIL,
-                value=outcome["score"] if outcome else None,
-                user_attrs=attrs,
-            )
-        )
+        value = None if outcome is None else outcome["score"]
+        record_job(study, job, outcome, value, attrs={"path": job.config["path"]})
 
     jobs = [Job(f"student{i + 1}", {"path": c.mapping}) for i, c in enumerate(candidates)]
     done = {j.id: done[j.id] for j in jobs if j.id in done and done[j.id]["path"] == j.config["path"]}

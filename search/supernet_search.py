@@ -48,7 +48,7 @@ from distilnas.results.table import timed
 from distilnas.search.config import RunConfig
 from distilnas.search.mapping_search import check_run_folder
 from distilnas.search.supernet_blocks import BlockWork, masked_mse
-from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, run_searcher
+from distilnas.search.tune_runner import Job, JobSearcher, init_ray, job_trial, record_job, run_searcher
 from distilnas.spaces.nas_space import NasSpace
 from distilnas.spaces.supernet import extract
 
@@ -108,18 +108,10 @@ class BlockRecorder:
         self.dist = optuna.distributions.IntDistribution(1, blocks)
 
     def record(self, job: Job, outcome: dict[str, Any] | None) -> None:
-        attrs = {"job": job.id}
-        if outcome is not None:
-            attrs["outcome"] = json.dumps({k: v for k, v in outcome.items() if k != "candidates"})
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState.COMPLETE if outcome else optuna.trial.TrialState.FAIL,
-                value=-outcome["score"] if outcome else None,
-                params={"block": job.config["block"] + 1},
-                distributions={"block": self.dist},
-                user_attrs=attrs,
-            )
-        )
+        summary = None if outcome is None else {k: v for k, v in outcome.items() if k != "candidates"}
+        value = None if outcome is None else -outcome["score"]
+        params = {"block": job.config["block"] + 1}
+        record_job(self.study, job, summary, value, params, {"block": self.dist})
 
 
 def train_blocks(

@@ -15,7 +15,7 @@ import logging
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,39 @@ class Job:
     after: tuple[str, ...] = ()
 
 
+def record_job(
+    study: optuna.Study,
+    job: Job,
+    outcome: dict[str, Any] | None,
+    value: float | None,
+    params: dict[str, Any] | None = None,
+    distributions: dict[str, BaseDistribution] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """A finished job as an Optuna trial: complete with its value and its outcome (JSON), or failed."""
+    user_attrs = {"job": job.id, **(attrs or {})}
+    if outcome is not None:
+        user_attrs["outcome"] = json.dumps(outcome)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE if outcome is not None else TrialState.FAIL,
+            value=value if outcome is not None else None,
+            params=params or {},
+            distributions=distributions or {},
+            user_attrs=user_attrs,
+        )
+    )
+
+
+def finished_jobs(*studies: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Job id -> outcome of every job the studies hold as complete (the storage is the record)."""
+    return {
+        t.user_attrs["job"]: json.loads(t.user_attrs["outcome"])
+        for study in studies
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+
+
 class JobSearcher(TimedSearcher):
     """A fixed plan of jobs with dependencies as a Ray Tune searcher (the final stage's trials).
 
@@ -231,7 +264,7 @@ class JobSearcher(TimedSearcher):
     def __init__(
         self,
         jobs: list[Job],
-        done: dict[str, dict[str, Any] | None],
+        done: Mapping[str, dict[str, Any] | None],
         on_result: Callable[[Job, dict[str, Any] | None], None],
     ) -> None:
         super().__init__(metric="score", mode="max")
