@@ -58,8 +58,9 @@ def attention(
     )
     if rec is not None:
         layer = int(module.layer_idx)  # type: ignore[arg-type]  # set by every BERT self-attention
-        if rec.record_qkv:
-            rec.qkv[layer] = (_merge(query), _merge(key), _merge(value))
+        if rec.record_qkv:  # keys past the queries are a referenced student's reference tokens
+            t = query.shape[2]
+            rec.qkv[layer] = (_merge(query), _merge(key[:, :, :t]), _merge(value[:, :, :t]))
         mask = rec.head_masks.get(layer)
         if mask is not None:
             out = out * mask.view(1, -1, 1, 1)

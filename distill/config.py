@@ -210,6 +210,17 @@ class KroneckerConfig(Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class ReferencesConfig(Strict):
+    """RefBERT: each input brings the fine-tuned teacher's representation of the most similar other
+    training example (TF-IDF cosine), which the student's first layer attends to as extra keys and values.
+    Used in task distillation and scoring; general distillation has no references."""
+
+    teacher_layer: int | None = Field(None, ge=0)
+    """The teacher layer whose hidden states are stored (0: embeddings; empty: the last layer)."""
+    tokens: int = Field(32, gt=0)
+    """The first this-many tokens of each reference are stored and attended to."""
+
+
 class StudentConfig(Strict):
     """A BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
 
@@ -223,6 +234,14 @@ class StudentConfig(Strict):
     """Batches that rank heads and neurons for ``extract``."""
     kronecker: KroneckerConfig | None = None
     """Kronecker-factor the student's layers (KroneckerBERT), started from its initial dense weights."""
+    references: ReferencesConfig | None = None
+    """Give the student reference samples (RefBERT) in its task stages."""
+
+    @model_validator(mode="after")
+    def _one_option(self) -> StudentConfig:
+        if self.kronecker is not None and self.references is not None:
+            raise ValueError("kronecker and references cannot be combined yet; choose one")
+        return self
 
 
 class DistillConfig(Strict):

@@ -109,6 +109,8 @@ def collate(rows: Sequence[dict], pad_id: int = 0, pad_to: int | None = None) ->
         types[i, :k] = torch.as_tensor(r["token_type_ids"])
         mask[i, :k] = 1
     batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if "reference" in rows[0]:  # a referenced student's reference rows (distill/references.py)
+        batch["reference_ids"] = torch.tensor([r["reference"] for r in rows], dtype=torch.long)
     if "label" in rows[0]:
         labels = [r["label"] for r in rows]
         dtype = torch.float32 if isinstance(labels[0], float) else torch.long
@@ -129,6 +131,8 @@ class PackedRows:
         self.ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in dataset["input_ids"]])
         self.types = np.concatenate([np.asarray(x, dtype=np.int64) for x in dataset["token_type_ids"]])
         self.labels = np.asarray(dataset["label"]) if "label" in dataset.column_names else None
+        cols = dataset.column_names
+        self.references = np.asarray(dataset["reference"], dtype=np.int64) if "reference" in cols else None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -149,6 +153,8 @@ class PackedRows:
             "token_type_ids": torch.from_numpy(types),
             "attention_mask": torch.from_numpy(mask.astype(np.int64)),
         }
+        if self.references is not None:
+            batch["reference_ids"] = torch.from_numpy(self.references[r])
         if self.labels is not None:
             labels = self.labels[r]
             dtype = torch.float32 if labels.dtype.kind == "f" else torch.long

@@ -60,6 +60,10 @@ class TeacherSource(Protocol):
     ) -> Views: ...
 
 
+TEACHER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+"""What the teacher reads of a batch (a referenced student's ``reference_ids`` are the student's alone)."""
+
+
 class LiveTeacher:
     """Runs the teacher model on every batch (no cache)."""
 
@@ -72,7 +76,7 @@ class LiveTeacher:
     def views(
         self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
     ) -> Views:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k in TEACHER_INPUTS}
         with capture(record_qkv=bool(qkv)) as rec:
             out = self.model(**inputs, output_hidden_states=True)
         return Views(

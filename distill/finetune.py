@@ -33,8 +33,11 @@ class EvalResult:
 
 def _loader(split: TokenizedSplit, batch_size: int, shuffle: bool, seed: int, pad_id: int) -> DataLoader:
     sampler = LengthBucketBatches(split.lengths, batch_size, shuffle=shuffle, seed=seed)
+    cols = [
+        c for c in ("input_ids", "token_type_ids", "label", "reference") if c in split.dataset.column_names
+    ]
     return DataLoader(
-        split.dataset.select_columns(["input_ids", "token_type_ids", "label"]),
+        split.dataset.select_columns(cols),
         batch_sampler=sampler,
         collate_fn=lambda rows: collate(rows, pad_id),
     )

@@ -26,13 +26,20 @@ from transformers import (
 )
 
 from distilnas.distill.config import DistillConfig
-from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
+from distilnas.distill.data import (
+    LengthBucketBatches,
+    TokenizedSplit,
+    collate,
+    tokenize_split,
+    tokenize_texts,
+)
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
 from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import EvalResult, evaluate, train
 from distilnas.distill.glue import GlueTask
 from distilnas.distill.kronecker import check_factors
 from distilnas.distill.losses import teacher_fields
+from distilnas.distill.references import example_texts, referenced, task_store, with_references
 from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
 from distilnas.distill.teacher_cache import teacher_cache
@@ -46,6 +53,16 @@ def student_spec(config: DistillConfig, teacher: PretrainedConfig) -> StudentSpe
     s = config.student
     base = StudentSpec.like(teacher, s.layers, s.hidden)
     spec = StudentSpec(s.layers, base.hidden, s.heads or base.heads, s.intermediate or base.intermediate)
+    if s.references is not None:
+        refs = s.references.model_dump()
+        layers = int(teacher.num_hidden_layers)
+        if refs["teacher_layer"] is not None and refs["teacher_layer"] > layers:
+            raise UserError(
+                f"distill.student.references.teacher_layer: {refs['teacher_layer']} is not a teacher layer "
+                f"(0..{layers})"
+            )
+        refs["teacher_layer"] = layers if refs["teacher_layer"] is None else refs["teacher_layer"]
+        return StudentSpec(spec.layers, spec.hidden, spec.heads, spec.intermediate, references=refs)
     if s.kronecker is None:
         return spec
     factors = s.kronecker.factors()
@@ -152,9 +169,26 @@ def task_distillation(
         task, task.train_split or "train", tok, config.max_length, glue_dir, cache_dir, config.train_limit
     ).dataset
     weights = {**config.task.intermediate.losses, **config.task.prediction.losses}
-    fields = sorted(teacher_fields(weights) | {"logits"})
+    refs = student_spec(config, teacher.config).references
+    fields = sorted(teacher_fields(weights) | {"logits"} | ({"hidden"} if refs else set()))
     cache = teacher_cache(teacher, teacher_id, data, config.max_length, fields, cache_dir)
+    evals = [tokenize_split(task, s, tok, config.max_length, glue_dir, cache_dir) for s in task.eval_splits]
     student = with_head(student_encoder, teacher.config)
+    if refs:  # the pool is the training rows; each row's reference is another one of them
+        texts = example_texts(task, task.train_split or "train", glue_dir, config.train_limit)
+        store = task_store(cache, texts, teacher_id, refs["teacher_layer"], refs["tokens"], Path(cache_dir))
+        data = with_references(data, store.retrieve(texts, rows=range(len(texts))))
+        evals = [
+            TokenizedSplit(
+                e.task,
+                e.split,
+                with_references(e.dataset, store.retrieve(example_texts(task, e.split, glue_dir))),
+            )
+            for e in evals
+        ]
+        width = int(teacher.config.hidden_size)
+        student = referenced(student, width, refs["teacher_layer"], refs["tokens"])  # type: ignore[arg-type]
+        student.attach(store)
     results = distill_task(
         student,
         CachedTeacher(cache),
@@ -165,7 +199,6 @@ def task_distillation(
         checkpoint_dir=Path(out_dir) / task.name,
         pad_id=tok.pad_token_id or 0,
     )
-    evals = [tokenize_split(task, s, tok, config.max_length, glue_dir, cache_dir) for s in task.eval_splits]
     figures = {f"{k}_loss": r.loss for k, r in results.items()} | {
         f"{k}_seconds": r.seconds for k, r in results.items()
     }

@@ -44,6 +44,9 @@ class StudentSpec:
     intermediate: int
     kronecker: dict[str, Any] | None = field(default=None, hash=False)
     """Kind -> {"a", "b", "rank"} (see ``distilnas.distill.kronecker``); None: a plain BERT."""
+    references: dict[str, Any] | None = field(default=None, hash=False)
+    """{"teacher_layer", "tokens"} for a referenced student (``distilnas.distill.references``): a plain
+    BERT encoder that takes references from its task stages on."""
 
     def __post_init__(self) -> None:
         if min(self.layers, self.hidden, self.heads, self.intermediate) < 1:
@@ -62,7 +65,11 @@ class StudentSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.layers}L-{self.hidden}" + ("-kron" if self.kronecker else "")
+        return (
+            f"{self.layers}L-{self.hidden}"
+            + ("-kron" if self.kronecker else "")
+            + ("-ref" if self.references else "")
+        )
 
 
 def student_config(spec: StudentSpec, teacher: PretrainedConfig, num_labels: int | None = None) -> BertConfig:

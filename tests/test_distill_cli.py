@@ -81,3 +81,45 @@ def test_distill_bad_input(tiny_bert: Path, glue_dir: Path, corpus_dir: Path, tm
     assert bad.returncode == 2 and "expected <layers>L-<hidden>" in bad.stderr
     bad = run("distill", str(cfg), "-t", "rte", "--mapping", "1,2/2")
     assert bad.returncode == 2 and "has 2 student layers, the student has 1" in bad.stderr
+
+
+def test_distill_a_referenced_student(
+    tiny_bert: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """The student's task stages take references; the saved student carries its store, loads with the
+    Auto classes and scores the same dev set as the run reported, retrieving its own references."""
+    import torch
+
+    from distilnas.distill.data import tokenize_split
+    from distilnas.distill.finetune import evaluate
+    from distilnas.distill.glue import get_task
+    from distilnas.distill.references import example_texts, with_references
+    from distilnas.distill.teacher import ModelSource, load_tokenizer
+
+    cfg = config(tmp_path, tiny_bert, glue_dir, corpus_dir)
+    text = cfg.read_text().replace(
+        "importance_batches: 2}", "importance_batches: 2, references: {tokens: 6}}"
+    )
+    cfg.write_text(text)
+    proc = run("distill", str(cfg), "-t", "mrpc", "--mapping", "2/2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    folder = Path(report["run_dir"]) / "models" / "mrpc"
+    assert Path(report["run_dir"]).name.startswith("1L-16-ref")
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    store = model.reference_store
+    assert store is not None and store.examples == 48 and store.key.layer == 2 and store.key.tokens == 6
+    assert model.bert.reference_projection.weight.shape == (16, 32)  # teacher width -> student width
+
+    task = get_task("mrpc")
+    tok = load_tokenizer(ModelSource(str(folder), str(folder), True, True))
+    dev = tokenize_split(task, "validation", tok, 32, glue_dir)
+    refs = store.retrieve(example_texts(task, "validation", glue_dir))
+    scored = evaluate(model, [type(dev)(task, "validation", with_references(dev.dataset, refs))])
+    assert scored.metrics == report["tasks"]["mrpc"]["distilled"]
+    # and the references matter: other references give other logits
+    batch = {"input_ids": torch.tensor([dev.dataset[0]["input_ids"]])}
+    with torch.no_grad():
+        a = model(**batch, reference_ids=torch.tensor([int(refs[0])])).logits
+        b = model(**batch, reference_ids=torch.tensor([(int(refs[0]) + 1) % 48])).logits
+    assert not torch.equal(a, b)

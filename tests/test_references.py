@@ -1,5 +1,5 @@
-"""Reference retrieval: the nearest other example by TF-IDF cosine, never the query itself, a saved
-index that refuses another pool, and a missing index."""
+"""Reference students (RefBERT): retrieval of the nearest other example, the store of the teacher's
+representations, the student's first layer attending to it, and the errors on a foreign store."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from distilnas.distill.errors import UserError
-from distilnas.proxies.references import ReferenceIndex
+from distilnas.distill.references import ReferenceIndex
 
 POOL = [
     "the cat sat on the mat",
@@ -51,3 +52,142 @@ def test_saved_index_round_trips_and_refuses_another_pool(tmp_path: Path) -> Non
         ReferenceIndex.load(tmp_path / "missing", POOL)
     with pytest.raises(UserError, match="at least 2 texts"):
         ReferenceIndex.build(["alone"])
+
+
+# ---------------------------------------------------------------------- the store and the student
+
+TEXTS = [
+    "the film was a delight from start to finish",
+    "a dull and lifeless film",
+    "the cast is wonderful and the story moves",
+    "i could not wait for it to end",
+    "stock prices fell sharply on monday",
+    "the market rallied after the report",
+    "a warm , funny and moving picture",
+    "the plot makes no sense at all",
+]
+
+
+@pytest.fixture()
+def pool(tiny_teacher, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny teacher's output cache on TEXTS, and its reference store (last layer, 5 tokens)."""
+    from conftest import VOCAB
+
+    from distilnas.distill.data import tokenize_texts
+    from distilnas.distill.references import task_store
+    from distilnas.distill.teacher import wordpiece_tokenizer
+    from distilnas.distill.teacher_cache import teacher_cache
+
+    data = tokenize_texts(TEXTS, wordpiece_tokenizer(VOCAB), 32)
+    cache = teacher_cache(tiny_teacher, "tiny", data, 32, ["hidden"], tmp_path)
+    return cache, task_store(cache, TEXTS, "tiny", 4, 5, tmp_path)
+
+
+def referenced_student(width: int = 64):  # type: ignore[no-untyped-def]
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from distilnas.distill.references import referenced
+
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    torch.manual_seed(3)
+    model = referenced(BertForSequenceClassification(cfg), width, layer=4, tokens=5).eval()
+    with torch.no_grad():  # a visible reference: the projection's BERT initialisation is small
+        model.bert.reference_projection.weight.normal_(0, 0.5)
+    return model
+
+
+def test_store_holds_the_teachers_layer_for_the_first_tokens(pool) -> None:  # type: ignore[no-untyped-def]
+    cache, store = pool
+    assert store.examples == len(TEXTS) and store.hidden_size == 64
+    states, mask = store.states([2, 0])
+    for i, row in enumerate([2, 0]):
+        start, end = cache.offsets[row], cache.offsets[row + 1]
+        n = min(5, end - start)
+        assert mask[i].sum() == n and not mask[i, n:].any()
+        expected = torch.from_numpy(np.asarray(cache.hidden[start : start + n, 4], dtype=np.float32))
+        assert torch.equal(states[i, :n], expected)
+        assert not states[i, n:].any()
+    # retrieval over the pool never hands a training row its own example
+    got = store.retrieve(TEXTS, rows=range(len(TEXTS)))
+    assert all(g != i for i, g in enumerate(got))
+
+
+def test_a_referenced_students_output_changes_when_its_reference_changes(pool) -> None:  # type: ignore[no-untyped-def]
+    from transformers import BertForSequenceClassification
+
+    _, store = pool
+    model = referenced_student().attach(store)
+    ids = torch.randint(1000, 30000, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def run(**refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True, **refs)
+        return out.hidden_states[-1], out.logits
+
+    a, a_logits = run(reference_ids=torch.tensor([1, 1]))
+    b, b_logits = run(reference_ids=torch.tensor([1, 6]))
+    assert torch.equal(a, run(reference_ids=torch.tensor([1, 1]))[0])  # deterministic
+    assert torch.equal(a[0], b[0])  # the first input kept its reference
+    assert (a[1] - b[1]).abs().max() > 1e-2 and not torch.equal(a_logits[1], b_logits[1])
+    plain, plain_logits = run()
+    assert (a - plain).abs().max() > 1e-2
+    # without a reference it is exactly the BERT it was made from
+    dense = BertForSequenceClassification(model.config).eval()
+    dense.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.allclose(dense(input_ids=ids).logits, plain_logits, atol=1e-6)
+    # states given directly equal the stored ones; a masked reference token counts for nothing
+    states, mask = store.states([1, 6])
+    padded = torch.cat([states, torch.full((2, 1, 64), 100.0)], dim=1)  # one more, masked, token
+    direct, _ = run(
+        reference_states=padded, reference_mask=torch.cat([mask, torch.zeros(2, 1, dtype=torch.bool)], 1)
+    )
+    assert torch.allclose(direct, b, atol=1e-5)
+
+
+def test_the_store_travels_with_the_saved_student(pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForSequenceClassification
+
+    _, store = pool
+    model = referenced_student().attach(store)
+    model.save_pretrained(tmp_path / "student")
+    assert (tmp_path / "student" / "references" / "store.json").is_file()
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    assert type(loaded).__name__ == "ReferencedBertForSequenceClassification"
+    assert loaded.reference_store is not None and loaded.config.reference_store["teacher"] == "tiny"
+    ids = torch.randint(1000, 30000, (3, 7), generator=torch.Generator().manual_seed(1))
+    refs = torch.tensor(store.retrieve(["a dull film", "prices fell", "funny picture"]))
+    with torch.no_grad():
+        assert torch.allclose(
+            loaded(input_ids=ids, reference_ids=refs).logits,
+            model(input_ids=ids, reference_ids=refs).logits,
+            atol=1e-6,
+        )
+
+
+def test_a_store_from_another_teacher_or_dataset_is_refused(pool, tiny_teacher, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from distilnas.distill.references import ReferenceStore, task_store
+
+    cache, store = pool
+    model = referenced_student().attach(store)
+    other_teacher = task_store(cache, TEXTS, "another-teacher", 4, 5, tmp_path / "b")
+    with pytest.raises(UserError, match="from another teacher"):
+        model.attach(other_teacher)
+    other_pool = [*TEXTS[:-1], "a different last example"]
+    with pytest.raises(UserError, match="for another dataset"):
+        model.attach(task_store(cache, other_pool, "tiny", 4, 5, tmp_path / "c"))
+    with pytest.raises(UserError, match="layer 3"):
+        model.attach(task_store(cache, TEXTS, "tiny", 3, 5, tmp_path / "d"))
+    with pytest.raises(UserError, match="reference_ids need a reference store"):
+        referenced_student()(input_ids=torch.ones((1, 3), dtype=torch.long), reference_ids=torch.tensor([0]))
+    copy = tmp_path / "copy"
+    shutil.copytree(store.folder, copy)
+    shutil.rmtree(copy / "index")
+    with pytest.raises(UserError, match="retrieval index"):
+        ReferenceStore(copy)
+    with pytest.raises(UserError, match="not a teacher layer"):
+        task_store(cache, TEXTS, "tiny", 7, 5, tmp_path / "e")
