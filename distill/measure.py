@@ -5,7 +5,9 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,11 +52,18 @@ def dummy_inputs(
     g = torch.Generator().manual_seed(0)
     low = 1000 if vocab > 2000 else 1  # skip BERT's special and unused tokens when the vocabulary has them
     ids = torch.randint(low, vocab, (batch_size, seq_len), generator=g)
-    return {
+    inputs = {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),
         "token_type_ids": torch.zeros_like(ids).to(device),
     }
+    config: Any = getattr(model, "config", None)
+    width = getattr(config, "reference_hidden_size", None)
+    if width is not None:  # a referenced student attends to a full-length reference as well
+        tokens = int(config.reference_tokens)
+        refs = torch.randn((batch_size, tokens, int(width)), generator=g)
+        inputs["reference_states"] = refs.to(device)
+    return inputs
 
 
 def trimmed_mean(values: list[float], trim: float) -> float:
@@ -138,3 +147,18 @@ def count_flops(model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> in
             model.set_attn_implementation(impl)  # type: ignore[operator]
         model.to(was)
     return int(counter.get_total_flops())
+
+
+def retrieval_latency(
+    retrieve: Callable[[str], object], queries: Sequence[str], warmup: int = 5, trim: float = 0.1
+) -> dict[str, float]:
+    """Milliseconds to retrieve one query's reference (what a referenced student adds before its forward
+    pass): trimmed mean and median over ``queries``, one at a time."""
+    for q in queries[:warmup]:
+        retrieve(q)
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        retrieve(q)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"ms": trimmed_mean(times, trim), "median_ms": statistics.median(times), "queries": len(times)}

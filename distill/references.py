@@ -257,6 +257,10 @@ class ReferenceStore:
         out[mask] = self.states_map[src]
         return torch.from_numpy(out).to(device), torch.from_numpy(mask).to(device)
 
+    def lookup(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One input's reference at inference: retrieval, then its stored states and mask."""
+        return self.states(self.retrieve([text]).tolist())
+
     def copy_to(self, folder: Path) -> None:
         """The store's files under ``folder`` (beside a saved student)."""
         shutil.copytree(self.folder, folder, dirs_exist_ok=True)

@@ -24,8 +24,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-# students of every kind load through the Auto classes: register the NAS-BERT and Kronecker BERT models
-from distilnas.distill import kronecker, nas_bert  # noqa: F401
+# students of every kind load through the Auto classes: register the NAS-BERT, Kronecker and referenced BERTs
+from distilnas.distill import kronecker, nas_bert, references  # noqa: F401  (registration)
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError

@@ -791,8 +791,9 @@ def inspect(
     student: Annotated[
         Path,
         typer.Argument(
-            metavar="STUDENT.yaml",
-            help="teacher: NAME, and student: {layers, hidden, ..., kronecker: ...} or nas: {path: ...}.",
+            metavar="STUDENT",
+            help="A file (teacher: NAME, and student: {layers, hidden, ..., kronecker: ... | references: "
+            "...} or nas: {path: ...}), or a saved student's folder.",
         ),
     ],
     measure: Annotated[
@@ -802,22 +803,32 @@ def inspect(
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and latency.")] = 128,
     as_json: JsonOpt = False,
 ) -> None:
-    """Parameters (embeddings apart), FLOPs and, with --measure, latency of any student before training:
-    a plain BERT, a Kronecker-factored one, or a supernet path."""
+    """Parameters (embeddings and a reference store apart), FLOPs and, with --measure, latency of any
+    student: a plain BERT, a Kronecker-factored one, a referenced one (RefBERT) or a supernet path, from a
+    short file before training, or from a saved student's folder (a referenced student's retrieval time
+    is measured on its store and added)."""
     from distilnas.search.inspect_student import inspect as inspect_student
     from distilnas.search.inspect_student import load_student_file
 
-    spec = load_student_file(student)
+    spec = student if student.is_dir() else load_student_file(student)
     setup_logging()
     out = inspect_student(spec, measure, batch, seq_len)
-    table = Table(title=f"{out['student']} (teacher {out['teacher']})")
+    table = Table(title=out["student"] + (f" (teacher {out['teacher']})" if out["teacher"] else ""))
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("parameters", f"{out['parameters']:,}")
     table.add_row("  of which embeddings", f"{out['embedding_parameters']:,}")
+    store = out.get("reference_store")
+    if store:
+        table.add_row("reference store, per example (fp16 bytes)", f"{store['bytes_per_example']:,}")
+        if "bytes" in store:
+            table.add_row(f"reference store, {store['examples']:,} examples (bytes)", f"{store['bytes']:,}")
     table.add_row(f"GFLOPs (batch {batch}, seq {seq_len})", fmt(out["flops"] / 1e9))
     if measure:
         table.add_row("latency ms (trimmed mean)", fmt(out["latency"]["ms"]))
+        if "retrieval" in out:
+            table.add_row("  + retrieval ms per input", fmt(out["retrieval"]["ms"]))
+            table.add_row("latency with retrieval ms", fmt(out["latency_with_retrieval_ms"]))
     emit(out, as_json, table)
 
 

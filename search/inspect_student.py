@@ -5,9 +5,14 @@ built from a short file without training or downloading anything but the teacher
 teacher: minilm-l6              # the vocabulary, positions and widths come from it
 student: {layers: 2, hidden: 96}                 # a BERT student (the fields of distill.student)
 # student: {layers: 6, kronecker: {attention: {a: [192, 192], b: [2, 2]}}}    # Kronecker-factored
+# student: {layers: 2, hidden: 96, references: {tokens: 32}}                     # referenced (RefBERT)
 # nas: {path: "128:mha,ffn,id,id|192:conv3,id,id,id|128:ffn,ffn,id,id"}       # a supernet path
 #      (blocks follow the path; the file may also set hidden_sizes and operations)
 ```
+
+or a saved student's folder (``distilnas distill``'s ``models/<task>``, an export's task folder): its
+real weights, and for a referenced student its reference store, whose retrieval time is measured on the
+store's own texts and added to the forward pass's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydantic import ValidationError
 
 from distilnas.distill.config import Strict, StudentConfig, describe
 from distilnas.distill.errors import ConfigError, UserError
-from distilnas.distill.measure import count_flops, count_parameters, measure_latency
+from distilnas.distill.measure import count_flops, count_parameters, measure_latency, retrieval_latency
 
 
 class NasStudent(Strict):
@@ -67,6 +72,13 @@ def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
     tcfg = load_config(resolve(spec.teacher))
     if spec.student is not None:
         sspec = student_spec(DistillConfig(student=spec.student), tcfg)
+        if sspec.references:
+            from distilnas.distill.references import referenced
+
+            refs = sspec.references
+            encoder = BertModel(bert_config(sspec, tcfg))
+            made = referenced(encoder, int(tcfg.hidden_size), refs["teacher_layer"], refs["tokens"])
+            return made, f"referenced {sspec.name}"
         kind = "kronecker" if sspec.kronecker else "bert"
         return kronecker_student(BertModel(bert_config(sspec, tcfg)), sspec), f"{kind} {sspec.name}"
     assert spec.nas is not None
@@ -94,21 +106,63 @@ def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
     return model, f"supernet path {NasSpace.format(path)}"
 
 
+def load_saved(folder: Path) -> tuple[torch.nn.Module, str]:
+    """A saved student's encoder (a referenced one with its store) and what it is."""
+    from transformers import AutoConfig, AutoModel
+
+    from distilnas.distill import teacher  # noqa: F401  (registers every student's model type)
+
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: not a saved student (no config.json)")
+    cfg = AutoConfig.from_pretrained(folder)
+    kinds = {
+        "bert": "bert",
+        "kronecker-bert": "kronecker",
+        "nas-bert": "supernet path",
+        "referenced-bert": "referenced",
+    }
+    if cfg.model_type not in kinds:
+        raise UserError(f"{folder}: a {cfg.model_type!r} model is not a distilnas student")
+    model = AutoModel.from_pretrained(folder)
+    size = f"{cfg.num_hidden_layers}L-{cfg.hidden_size}" if cfg.model_type != "nas-bert" else folder.name
+    return model, f"{kinds[cfg.model_type]} {size} ({folder})"
+
+
 def inspect(
-    spec: StudentFile, measure: bool, batch_size: int = 1, seq_len: int = 128, repeats: int = 30
+    spec: StudentFile | Path,
+    measure: bool,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    repeats: int = 30,
 ) -> dict[str, Any]:
-    model, kind = build(spec)
+    """Parameters, FLOPs and latency of a student described by a file, or saved in a folder."""
+    model, kind = load_saved(spec) if isinstance(spec, Path) else build(spec)
     model.eval()
     embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    config: Any = getattr(model, "config", None)
     out: dict[str, Any] = {
         "student": kind,
-        "teacher": spec.teacher,
+        "teacher": spec.teacher if isinstance(spec, StudentFile) else None,
         "parameters": count_parameters(model),
         "embedding_parameters": count_parameters(embeddings),
         "flops": count_flops(model, batch_size, seq_len),
         "batch_size": batch_size,
         "seq_len": seq_len,
     }
+    store = getattr(model, "store", None)
+    if getattr(config, "model_type", None) == "referenced-bert":
+        per_example = int(config.reference_tokens) * int(config.reference_hidden_size)
+        out["reference_store"] = {
+            "tokens": int(config.reference_tokens),
+            "teacher_layer": int(config.reference_layer),
+            "values_per_example": per_example,
+            "bytes_per_example": 2 * per_example,  # fp16
+            **({"examples": store.examples, "values": store.values, "bytes": store.bytes} if store else {}),
+        }
     if measure:
         out["latency"] = measure_latency(model, batch_size, seq_len, repeats=repeats).as_dict()
+        if store is not None:
+            queries = store.index.texts[: max(repeats, 50)]
+            out["retrieval"] = retrieval_latency(store.lookup, queries)
+            out["latency_with_retrieval_ms"] = out["latency"]["ms"] + batch_size * out["retrieval"]["ms"]
     return out

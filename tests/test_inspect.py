@@ -1,5 +1,5 @@
-"""`distilnas inspect STUDENT.yaml`: parameters, FLOPs and latency of a plain, a Kronecker and a supernet
-student, built from a short file; bad files are one line and exit 2."""
+"""`distilnas inspect STUDENT.yaml`: parameters, FLOPs and latency of a plain, a Kronecker, a referenced and
+a supernet student, built from a short file; bad files are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -52,6 +52,21 @@ def test_plain_kronecker_and_supernet_students(tmp_path: Path) -> None:
     assert k["parameters"] == p["parameters"] - attention_saved - (v * h - (v * 16 + 4))
     assert k["student"] == "kronecker 2L-64-kron"
 
+    ref = inspect(
+        tmp_path, "student: {layers: 2, hidden: 64, heads: 2, intermediate: 128, references: {tokens: 8}}"
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    r = json.loads(ref.stdout)
+    assert r["parameters"] == p["parameters"] + 64 * h + h  # the projection from the teacher's width
+    assert r["reference_store"] == {
+        "tokens": 8,
+        "teacher_layer": 4,
+        "values_per_example": 8 * 64,
+        "bytes_per_example": 2 * 8 * 64,
+    }
+    assert r["flops"] > p["flops"]  # the first layer's keys and values cover 8 more tokens
+    assert r["student"] == "referenced 2L-64-ref"
+
     nas = inspect(tmp_path, 'nas: {path: "32:mha,ffn,id,id|64:conv3,id,id,id"}')
     assert nas.returncode == 0, nas.stderr[-2000:]
     from distilnas.spaces.nas_space import NasSpace
@@ -73,6 +88,11 @@ def test_plain_kronecker_and_supernet_students(tmp_path: Path) -> None:
         (
             "student: {layers: 2, kronecker: {ffn_in: {a: [3, 2], b: [8, 8]}}}",
             "kronecker.ffn_in: factors 3x2",
+        ),
+        ("student: {layers: 2, references: {teacher_layer: 9}}", "references.teacher_layer: 9 is not"),
+        (
+            "student: {layers: 2, references: {}, kronecker: {attention: {a: [8, 8], b: [8, 8]}}}",
+            "kronecker and references cannot be combined",
         ),
     ],
 )

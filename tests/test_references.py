@@ -191,3 +191,23 @@ def test_a_store_from_another_teacher_or_dataset_is_refused(pool, tiny_teacher, 
         ReferenceStore(copy)
     with pytest.raises(UserError, match="not a teacher layer"):
         task_store(cache, TEXTS, "tiny", 7, 5, tmp_path / "e")
+
+
+def test_inspect_a_saved_referenced_student_counts_its_store_and_retrieval(pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from distilnas.search.inspect_student import inspect
+
+    _, store = pool
+    referenced_student().attach(store).save_pretrained(tmp_path / "student")
+    out = inspect(tmp_path / "student", measure=True, seq_len=16, repeats=5)
+    assert out["student"].startswith("referenced 2L-32")
+    assert out["parameters"] == count_bert(32, 64, 2) + 64 * 32 + 32  # the encoder and its projection
+    refs = out["reference_store"]
+    assert refs["examples"] == len(TEXTS) and refs["bytes"] == store.bytes
+    assert refs["values"] == int(store.offsets[-1]) * 64
+    assert out["retrieval"]["queries"] == len(TEXTS) and out["retrieval"]["ms"] > 0
+    assert out["latency_with_retrieval_ms"] == pytest.approx(out["latency"]["ms"] + out["retrieval"]["ms"])
+
+
+def count_bert(h: int, f: int, layers: int, vocab: int = 30522, positions: int = 512) -> int:
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    return (vocab + positions + 2) * h + 2 * h + layers * layer + h * h + h
