@@ -28,7 +28,6 @@ from transformers import (
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.data import (
     LengthBucketBatches,
-    TokenizedSplit,
     collate,
     tokenize_split,
     tokenize_texts,
@@ -39,7 +38,13 @@ from distilnas.distill.finetune import EvalResult, evaluate, train
 from distilnas.distill.glue import GlueTask
 from distilnas.distill.kronecker import check_factors
 from distilnas.distill.losses import teacher_fields
-from distilnas.distill.references import example_texts, referenced, task_store, with_references
+from distilnas.distill.references import (
+    example_texts,
+    referenced,
+    split_references,
+    task_store,
+    train_references,
+)
 from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
 from distilnas.distill.teacher_cache import teacher_cache
@@ -177,15 +182,8 @@ def task_distillation(
     if refs:  # the pool is the training rows; each row's reference is another one of them
         texts = example_texts(task, task.train_split or "train", glue_dir, config.train_limit)
         store = task_store(cache, texts, teacher_id, refs["teacher_layer"], refs["tokens"], Path(cache_dir))
-        data = with_references(data, store.retrieve(texts, rows=range(len(texts))))
-        evals = [
-            TokenizedSplit(
-                e.task,
-                e.split,
-                with_references(e.dataset, store.retrieve(example_texts(task, e.split, glue_dir))),
-            )
-            for e in evals
-        ]
+        data = train_references(store, task, data, glue_dir, config.train_limit)
+        evals = [split_references(store, e, glue_dir) for e in evals]
         width = int(teacher.config.hidden_size)
         student = referenced(student, width, refs["teacher_layer"], refs["tokens"])  # type: ignore[arg-type]
         student.attach(store)

@@ -48,6 +48,7 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertSelfAttention
 
+from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
 from distilnas.distill.glue import GlueTask, load_split
 from distilnas.distill.utils import atomic_dir, fingerprint
@@ -297,6 +298,25 @@ def with_references(dataset: Dataset, rows: np.ndarray) -> Dataset:
     if "reference" in dataset.column_names:
         dataset = dataset.remove_columns("reference")
     return dataset.add_column("reference", [int(r) for r in rows])
+
+
+def train_references(
+    store: ReferenceStore, task: GlueTask, train: Dataset, glue_dir: str | Path | None, limit: int | None
+) -> Dataset:
+    """A task's training rows (the store's pool) with their ``reference`` column: each row gets another
+    one of them."""
+    texts = example_texts(task, task.train_split or "train", glue_dir, limit)
+    if len(texts) != len(train):
+        raise UserError(f"references: {len(train)} training rows but {len(texts)} texts ({task.name})")
+    return with_references(train, store.retrieve(texts, rows=range(len(texts))))
+
+
+def split_references(
+    store: ReferenceStore, split: TokenizedSplit, glue_dir: str | Path | None
+) -> TokenizedSplit:
+    """An eval or test split with its ``reference`` column: each input gets its nearest pool example."""
+    rows = store.retrieve(example_texts(split.task, split.split, glue_dir))
+    return TokenizedSplit(split.task, split.split, with_references(split.dataset, rows))
 
 
 # ---------------------------------------------------------------------- the model

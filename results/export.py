@@ -61,7 +61,7 @@ def student_record(
         },
         "mapping": student["mapping"],
         "origin": student["origin"],
-        "options": {"kronecker": None, "references": None},
+        "options": {"kronecker": student.get("kronecker"), "references": student.get("references")},
         "params": int(row.params),
         "latency": latency,
         "speedup": float(row.speedup),

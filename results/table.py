@@ -46,8 +46,32 @@ def timed(model: torch.nn.Module, cfg: RunConfig) -> dict[str, Any]:
 
 def shape_key(student: dict[str, Any]) -> str:
     shape = f"{student['layers']}L-{student['hidden']}H-{student['heads']}A-{student['intermediate']}F"
-    kron = student.get("kronecker")
-    return shape + (f"-kron{fingerprint(kron)[:6]}" if kron else "")
+    kron, refs = student.get("kronecker"), student.get("references")
+    shape += f"-kron{fingerprint(kron)[:6]}" if kron else ""
+    return shape + (f"-ref{fingerprint(refs)[:6]}" if refs else "")
+
+
+def timed_referenced(folder: Path, tasks: list[str], cfg: RunConfig) -> dict[str, Any] | None:
+    """A referenced student's figures: its encoder (reference projection included) timed with a full-length
+    reference, plus the time to retrieve one input's reference, averaged over the tasks' stores (each task
+    has its own pool); the stores' sizes are recorded apart from the parameters."""
+    from transformers import AutoModel
+
+    from distilnas.distill.measure import retrieval_latency
+
+    saved = [folder / t for t in tasks if (folder / t / "config.json").is_file()]
+    if not saved:  # not distilled on any task yet
+        return None
+    figures = timed(AutoModel.from_pretrained(saved[0], attn_implementation="sdpa"), cfg)
+    retrieval, stores = {}, {}
+    for path in saved:
+        store = AutoModel.from_pretrained(path).store
+        retrieval[path.name] = retrieval_latency(store.lookup, store.index.texts[:200])["ms"]
+        stores[path.name] = store.bytes
+    mean = sum(retrieval.values()) / len(retrieval)
+    figures["latency"] = {**figures["latency"], "model_ms": figures["latency"]["ms"], "retrieval_ms": mean}
+    figures["latency"]["ms"] += mean
+    return {**figures, "retrieval_ms": retrieval, "store_bytes": stores}
 
 
 def measurements(cfg: RunConfig, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -70,7 +94,12 @@ def measurements(cfg: RunConfig, final: dict[str, Any]) -> dict[str, dict[str, A
         if not (path / "config.json").is_file():
             continue
         shape = shape_key(s)
-        if shape not in found:
+        if shape not in found and s.get("references"):
+            figures = timed_referenced(path.parent, list(final["tasks"]), cfg)
+            if figures is None:
+                continue
+            found[shape] = figures
+        elif shape not in found:
             found[shape] = timed(
                 load_encoder(ModelSource(str(path), str(path), True, True), attention="sdpa"), cfg
             )

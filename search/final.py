@@ -61,10 +61,13 @@ class FinalStudent:
     mapping: str
     origin: list[str] = field(default_factory=list)
     kronecker: dict[str, Any] | None = None
+    references: dict[str, Any] | None = None
 
     @property
     def spec(self) -> StudentSpec:
-        return StudentSpec(self.layers, self.hidden, self.heads, self.intermediate, self.kronecker)
+        return StudentSpec(
+            self.layers, self.hidden, self.heads, self.intermediate, self.kronecker, self.references
+        )
 
 
 def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> list[FinalStudent]:
@@ -103,6 +106,7 @@ def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> l
             key,
             [origin],
             spec.kronecker,
+            spec.references,
         )
     return list(students.values())
 
@@ -176,6 +180,7 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     from distilnas.distill.glue import get_task, predictions_to_labels, write_submission
     from distilnas.distill.metrics import task_score
     from distilnas.distill.recipes import with_head
+    from distilnas.distill.references import ReferenceStore, referenced, split_references, train_references
     from distilnas.distill.teacher_cache import TeacherCache
     from distilnas.distill.utils import atomic_dir, seed_everything
     from distilnas.proxies.mapping_fitness import task_data
@@ -189,13 +194,25 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     entry = next(t for t in p.tasks if t.name == task_name)
     tok = p.tokenizer()
     encoder = AutoModel.from_pretrained(out / "general", attn_implementation="eager")
-    model = with_head(encoder, AutoConfig.from_pretrained(entry.teacher_path))
+    teacher_config = AutoConfig.from_pretrained(entry.teacher_path)
+    model = with_head(encoder, teacher_config)
     pairs = LayerMapping.from_string(student.mapping, p.teacher_layers).pairs()
     cache = TeacherCache(Path(entry.cache_path), entry.cache_fingerprint)
+    data = task_data(p, task_name, tok)
+    evals = [tokenize_split(task, s, tok, p.max_length, p.glue_dir, p.cache_dir) for s in task.eval_splits]
+    tests = [tokenize_split(task, s, tok, p.max_length, p.glue_dir, p.cache_dir) for s in task.test_splits]
+    refs = student.references
+    if refs:  # every split's inputs bring their references; the store is saved with the model
+        store = ReferenceStore(Path(entry.store_path))
+        width, layer, tokens = int(teacher_config.hidden_size), refs["teacher_layer"], refs["tokens"]
+        model = referenced(model, width, layer, tokens).attach(store)  # type: ignore[arg-type]
+        data = train_references(store, task, data, p.glue_dir, p.train_examples)
+        evals = [split_references(store, e, p.glue_dir) for e in evals]
+        tests = [split_references(store, e, p.glue_dir) for e in tests]
     stages = distill_task(
         model,
         CachedTeacher(cache),
-        task_data(p, task_name, tok),
+        data,
         pairs,
         dcfg.task,
         task.is_regression,
@@ -203,7 +220,6 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
         tok.pad_token_id or 0,
     )
     pad = tok.pad_token_id or 0
-    evals = [tokenize_split(task, s, tok, p.max_length, p.glue_dir, p.cache_dir) for s in task.eval_splits]
     metrics = evaluate(model, evals, pad_id=pad).metrics
     outcome = {
         "score": task_score(metrics),
@@ -214,10 +230,9 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     with atomic_dir(out / task_name) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        for split in task.test_splits:
-            ts = tokenize_split(task, split, tok, p.max_length, p.glue_dir, p.cache_dir)
+        for ts in tests:
             logits, idx = predict(model, ts, pad_id=pad)
-            write_submission(task, split, idx, predictions_to_labels(task, logits), tmp / "predictions")
+            write_submission(task, ts.split, idx, predictions_to_labels(task, logits), tmp / "predictions")
         record_data = {
             "student": asdict(student),
             "task": task_name,
