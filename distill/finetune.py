@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import LengthBucketBatches, TokenizedSplit, collate, tokenize_split
 from distilnas.distill.glue import GlueTask, compute_metrics, predictions_to_labels
+from distilnas.distill.references import referenced_split
 from distilnas.distill.utils import adamw, autocast_context, default_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,11 @@ def finetune_and_evaluate(
     """Fine-tune on the task's train split (unless ``do_train`` is off), then score every eval split."""
     pad_id = tokenizer.pad_token_id or 0
     model.to(default_device())  # type: ignore[arg-type]
+    store = getattr(model, "reference_store", None)  # a referenced student retrieves its references
+
+    def inputs(split: TokenizedSplit, limit: int | None = None) -> TokenizedSplit:
+        return split if store is None else referenced_split(store, split, glue_dir, limit)
+
     figures: dict[str, float] = {}
     if do_train:
         if task.train_split is None:
@@ -157,8 +163,9 @@ def finetune_and_evaluate(
         train_split = tokenize_split(
             task, task.train_split, tokenizer, settings.max_length, glue_dir, cache_dir, settings.train_limit
         )
-        figures = train(model, train_split, settings, pad_id)
+        figures = train(model, inputs(train_split, settings.train_limit), settings, pad_id)
     evals = [
-        tokenize_split(task, s, tokenizer, settings.max_length, glue_dir, cache_dir) for s in task.eval_splits
+        inputs(tokenize_split(task, s, tokenizer, settings.max_length, glue_dir, cache_dir))
+        for s in task.eval_splits
     ]
     return evaluate(model, evals, settings.eval_batch_size, pad_id), figures

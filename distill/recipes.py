@@ -41,9 +41,8 @@ from distilnas.distill.losses import teacher_fields
 from distilnas.distill.references import (
     example_texts,
     referenced,
-    split_references,
+    referenced_split,
     task_store,
-    train_references,
 )
 from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
@@ -170,9 +169,10 @@ def task_distillation(
     """TinyBERT's two task stages from the fine-tuned teacher at ``teacher_path``, then dev scores."""
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, attn_implementation="eager")
     tok = load_tokenizer(ModelSource(str(teacher_path), str(teacher_path), True, True))
-    data = tokenize_split(
+    train_split = tokenize_split(
         task, task.train_split or "train", tok, config.max_length, glue_dir, cache_dir, config.train_limit
-    ).dataset
+    )
+    data = train_split.dataset
     weights = {**config.task.intermediate.losses, **config.task.prediction.losses}
     refs = student_spec(config, teacher.config).references
     fields = sorted(teacher_fields(weights) | {"logits"} | ({"hidden"} if refs else set()))
@@ -182,8 +182,8 @@ def task_distillation(
     if refs:  # the pool is the training rows; each row's reference is another one of them
         texts = example_texts(task, task.train_split or "train", glue_dir, config.train_limit)
         store = task_store(cache, texts, teacher_id, refs["teacher_layer"], refs["tokens"], Path(cache_dir))
-        data = train_references(store, task, data, glue_dir, config.train_limit)
-        evals = [split_references(store, e, glue_dir) for e in evals]
+        data = referenced_split(store, train_split, glue_dir, config.train_limit).dataset
+        evals = [referenced_split(store, e, glue_dir) for e in evals]
         width = int(teacher.config.hidden_size)
         student = referenced(student, width, refs["teacher_layer"], refs["tokens"])  # type: ignore[arg-type]
         student.attach(store)

@@ -300,22 +300,19 @@ def with_references(dataset: Dataset, rows: np.ndarray) -> Dataset:
     return dataset.add_column("reference", [int(r) for r in rows])
 
 
-def train_references(
-    store: ReferenceStore, task: GlueTask, train: Dataset, glue_dir: str | Path | None, limit: int | None
-) -> Dataset:
-    """A task's training rows (the store's pool) with their ``reference`` column: each row gets another
-    one of them."""
-    texts = example_texts(task, task.train_split or "train", glue_dir, limit)
-    if len(texts) != len(train):
-        raise UserError(f"references: {len(train)} training rows but {len(texts)} texts ({task.name})")
-    return with_references(train, store.retrieve(texts, rows=range(len(texts))))
-
-
-def split_references(
-    store: ReferenceStore, split: TokenizedSplit, glue_dir: str | Path | None
+def referenced_split(
+    store: ReferenceStore, split: TokenizedSplit, glue_dir: str | Path | None, limit: int | None = None
 ) -> TokenizedSplit:
-    """An eval or test split with its ``reference`` column: each input gets its nearest pool example."""
-    rows = store.retrieve(example_texts(split.task, split.split, glue_dir))
+    """``split`` (its first ``limit`` rows, as tokenized) with a ``reference`` column. When the split is
+    the store's pool (the training rows it was built from), each row gets another row of it; any other
+    split's inputs get their nearest pool example."""
+    texts = example_texts(split.task, split.split, glue_dir, limit)
+    if len(texts) != len(split):
+        raise UserError(
+            f"references: {len(split)} rows of {split.task.name}/{split.split}, {len(texts)} texts"
+        )
+    own = pool_fingerprint(texts) == store.key.pool
+    rows = store.retrieve(texts, rows=range(len(texts)) if own else None)
     return TokenizedSplit(split.task, split.split, with_references(split.dataset, rows))
 
 

@@ -174,13 +174,13 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     predictions; the model is saved in ``out/<task>`` (a finished one is reused)."""
     from transformers import AutoConfig, AutoModel
 
-    from distilnas.distill.data import tokenize_split
+    from distilnas.distill.data import TokenizedSplit, tokenize_split
     from distilnas.distill.distiller import CachedTeacher, distill_task
     from distilnas.distill.finetune import evaluate, predict
     from distilnas.distill.glue import get_task, predictions_to_labels, write_submission
     from distilnas.distill.metrics import task_score
     from distilnas.distill.recipes import with_head
-    from distilnas.distill.references import ReferenceStore, referenced, split_references, train_references
+    from distilnas.distill.references import ReferenceStore, referenced, referenced_split
     from distilnas.distill.teacher_cache import TeacherCache
     from distilnas.distill.utils import atomic_dir, seed_everything
     from distilnas.proxies.mapping_fitness import task_data
@@ -206,9 +206,10 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
         store = ReferenceStore(Path(entry.store_path))
         width, layer, tokens = int(teacher_config.hidden_size), refs["teacher_layer"], refs["tokens"]
         model = referenced(model, width, layer, tokens).attach(store)  # type: ignore[arg-type]
-        data = train_references(store, task, data, p.glue_dir, p.train_examples)
-        evals = [split_references(store, e, p.glue_dir) for e in evals]
-        tests = [split_references(store, e, p.glue_dir) for e in tests]
+        train = TokenizedSplit(task, task.train_split or "train", data)
+        data = referenced_split(store, train, p.glue_dir, p.train_examples).dataset
+        evals = [referenced_split(store, e, p.glue_dir) for e in evals]
+        tests = [referenced_split(store, e, p.glue_dir) for e in tests]
     stages = distill_task(
         model,
         CachedTeacher(cache),

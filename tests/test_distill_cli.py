@@ -117,6 +117,10 @@ def test_distill_a_referenced_student(
     refs = store.retrieve(example_texts(task, "validation", glue_dir))
     scored = evaluate(model, [type(dev)(task, "validation", with_references(dev.dataset, refs))])
     assert scored.metrics == report["tasks"]["mrpc"]["distilled"]
+    # `distilnas evaluate` retrieves a saved referenced student's references too
+    again = run("evaluate", str(folder), "-t", "mrpc", "--no-train", "--max-length", "32", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["metrics"] == report["tasks"]["mrpc"]["distilled"]
     # and the references matter: other references give other logits
     batch = {"input_ids": torch.tensor([dev.dataset[0]["input_ids"]])}
     with torch.no_grad():

@@ -87,12 +87,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distilnas.distill.data import tokenize_split
 from distilnas.distill.finetune import evaluate
 from distilnas.distill.glue import get_task
-from distilnas.distill.references import split_references
+from distilnas.distill.references import referenced_split
 folder, glue = Path(sys.argv[1]), Path(sys.argv[2])
 model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
 record = json.loads((folder / "student.json").read_text())
 task = get_task("rte")
 dev = tokenize_split(task, "validation", AutoTokenizer.from_pretrained(folder), record["max_length"], glue)
-metrics = evaluate(model, [split_references(model.reference_store, dev, glue)]).metrics
+metrics = evaluate(model, [referenced_split(model.reference_store, dev, glue)]).metrics
 print(json.dumps({"accuracy": metrics["accuracy"], "recorded": record["outcome"]["metrics"]["accuracy"]}))
 """
