@@ -118,7 +118,20 @@ def test_distill_a_referenced_student(
     scored = evaluate(model, [type(dev)(task, "validation", with_references(dev.dataset, refs))])
     assert scored.metrics == report["tasks"]["mrpc"]["distilled"]
     # `distilnas evaluate` retrieves a saved referenced student's references too
-    again = run("evaluate", str(folder), "-t", "mrpc", "--no-train", "--max-length", "32", "--json")
+    again = run(
+        "evaluate",
+        str(folder),
+        "-t",
+        "mrpc",
+        "--no-train",
+        "--max-length",
+        "32",
+        "--json",
+        "--glue-dir",
+        str(glue_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["metrics"] == report["tasks"]["mrpc"]["distilled"]
     # and the references matter: other references give other logits

@@ -211,3 +211,31 @@ def test_inspect_a_saved_referenced_student_counts_its_store_and_retrieval(pool,
 def count_bert(h: int, f: int, layers: int, vocab: int = 30522, positions: int = 512) -> int:
     layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
     return (vocab + positions + 2) * h + 2 * h + layers * layer + h * h + h
+
+
+def test_a_saved_student_with_a_foreign_or_broken_store_is_one_line_and_exit_2(pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from distilnas.distill.references import task_store
+
+    cache, store = pool
+    folder = tmp_path / "student"
+    referenced_student().attach(store).save_pretrained(folder)
+    other = task_store(cache, TEXTS, "another-teacher", 4, 5, tmp_path / "other")
+
+    def inspect() -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        cmd = [sys.executable, "-m", "distilnas", "inspect", str(folder), "--seq-len", "8"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+    shutil.rmtree(folder / "references")
+    shutil.copytree(other.folder, folder / "references")  # another teacher's store beside the weights
+    proc = inspect()
+    assert proc.returncode == 2 and "from another teacher" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    shutil.rmtree(folder / "references" / "index")
+    proc = inspect()
+    assert proc.returncode == 2 and "retrieval index (index/) is missing" in proc.stderr, proc.stderr[-2000:]
