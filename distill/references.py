@@ -133,6 +133,9 @@ class StoreKey:
     """The (fine-tuned) teacher's identity, as its teacher-output cache names it."""
     pool: str
     """The pool's fingerprint (its texts, in order)."""
+    data: str
+    """The pool's tokenized rows (their digest, as the teacher-output cache keys them): the stored states
+    depend on how the examples were cut (``max_length``) as well as on their texts."""
     layer: int
     """The teacher layer whose hidden states are stored (0: embeddings)."""
     tokens: int
@@ -140,7 +143,7 @@ class StoreKey:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(STORE_FORMAT, self.teacher, self.pool, self.layer, self.tokens)
+        return fingerprint(STORE_FORMAT, self.teacher, self.pool, self.data, self.layer, self.tokens)
 
 
 class ReferenceStore:
@@ -222,14 +225,17 @@ class ReferenceStore:
         """Stored numbers (tokens x hidden): the store's size counted as parameters are."""
         return int(self.offsets[-1]) * self.hidden_size
 
-    def check(self, teacher: str, pool: str, layer: int, tokens: int) -> None:
+    def check(self, expected: StoreKey) -> None:
         """Refuse a store made from another teacher or dataset, or holding another layer or length."""
+        teacher, pool, layer, tokens = expected.teacher, expected.pool, expected.layer, expected.tokens
         if self.key.teacher != teacher:
             raise UserError(
                 f"{self.folder}: the reference store is from another teacher ({self.key.teacher})"
             )
         if self.key.pool != pool:
             raise UserError(f"{self.folder}: the reference store is for another dataset (its pool differs)")
+        if self.key.data != expected.data:
+            raise UserError(f"{self.folder}: the reference store's examples were tokenized otherwise")
         if (self.key.layer, self.key.tokens) != (layer, tokens):
             raise UserError(
                 f"{self.folder}: the reference store holds teacher layer {self.key.layer}, "
@@ -249,7 +255,8 @@ class ReferenceStore:
         of real tokens (batch, tokens)."""
         r = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows, dtype=np.int64)
         if r.size and (r.min() < 0 or r.max() >= self.examples):
-            raise UserError(f"reference row {int(r.max())} is outside the store's {self.examples} examples")
+            bad = int(r[(r < 0) | (r >= self.examples)][0])
+            raise UserError(f"reference row {bad} is outside the store's {self.examples} examples")
         starts, lengths = self.offsets[r], self.offsets[r + 1] - self.offsets[r]
         width = int(lengths.max(initial=1))
         mask = np.arange(width)[None, :] < lengths[:, None]
@@ -272,13 +279,13 @@ def task_store(
 ) -> ReferenceStore:
     """The reference store of a task's training ``texts`` (the pool), built once under ``root`` from the
     fine-tuned teacher's output cache of the same rows, and reused after."""
-    index_key = StoreKey(teacher, pool_fingerprint(texts), layer, tokens)
-    folder = Path(root) / "references" / index_key.fingerprint
+    key = StoreKey(teacher, pool_fingerprint(texts), str(cache.index["data"]), layer, tokens)
+    folder = Path(root) / "references" / key.fingerprint
     if (folder / "store.json").is_file():
         store = ReferenceStore(folder)
-        store.check(teacher, index_key.pool, layer, tokens)
+        store.check(key)
         return store
-    return ReferenceStore.build(folder, cache, ReferenceIndex.build(texts), index_key)
+    return ReferenceStore.build(folder, cache, ReferenceIndex.build(texts), key)
 
 
 def example_texts(
@@ -435,7 +442,7 @@ class ReferencedStoreMixin:
                 )
             known = enc.config.reference_store
             if known:
-                store.check(known["teacher"], known["pool"], known["layer"], known["tokens"])
+                store.check(StoreKey(**known))
             enc.config.reference_store = dict(store.key.__dict__)  # the classifier shares this config
         enc.store = store
         return self

@@ -180,6 +180,16 @@ def test_a_store_from_another_teacher_or_dataset_is_refused(pool, tiny_teacher, 
     other_pool = [*TEXTS[:-1], "a different last example"]
     with pytest.raises(UserError, match="for another dataset"):
         model.attach(task_store(cache, other_pool, "tiny", 4, 5, tmp_path / "c"))
+    from conftest import VOCAB
+
+    from distilnas.distill.data import tokenize_texts
+    from distilnas.distill.teacher import wordpiece_tokenizer
+    from distilnas.distill.teacher_cache import teacher_cache
+
+    short = tokenize_texts(TEXTS, wordpiece_tokenizer(VOCAB), 6)  # the same texts cut at 6 tokens
+    short_cache = teacher_cache(tiny_teacher, "tiny", short, 6, ["hidden"], tmp_path / "short")
+    with pytest.raises(UserError, match="tokenized otherwise"):
+        model.attach(task_store(short_cache, TEXTS, "tiny", 4, 5, tmp_path / "short"))
     with pytest.raises(UserError, match="layer 3"):
         model.attach(task_store(cache, TEXTS, "tiny", 3, 5, tmp_path / "d"))
     with pytest.raises(UserError, match="reference_ids need a reference store"):
