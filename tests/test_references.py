@@ -249,3 +249,27 @@ def test_a_saved_student_with_a_foreign_or_broken_store_is_one_line_and_exit_2(p
     shutil.rmtree(folder / "references" / "index")
     proc = inspect()
     assert proc.returncode == 2 and "retrieval index (index/) is missing" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_checkpoint_is_of_one_store(pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A referenced student's distillation checkpoint is not resumed by a plain student of the same
+    shape, nor by one with another store."""
+    from transformers import BertForSequenceClassification
+
+    from distilnas.distill.config import DistillSettings
+    from distilnas.distill.distiller import Distiller, LiveTeacher
+    from distilnas.distill.references import task_store
+
+    cache, store = pool
+    data = [0] * 8
+    teacher = LiveTeacher(BertForSequenceClassification(referenced_student().config))
+    settings = DistillSettings(losses={"prediction_ce": 1.0}, steps=1)
+
+    def key(model) -> str:  # type: ignore[no-untyped-def]
+        return Distiller(model, teacher, [(2, 2)], settings).run_key(data)  # type: ignore[arg-type]
+
+    plain = BertForSequenceClassification(referenced_student().config)
+    other = task_store(cache, TEXTS, "tiny", 4, 7, tmp_path / "other")
+    keys = {key(plain), key(referenced_student().attach(store)), key(referenced_student().attach(other))}
+    assert len(keys) == 3
+    assert key(referenced_student().attach(store)) == key(referenced_student().attach(store))
