@@ -297,9 +297,13 @@ class Distiller:
     def run_key(self, data: Dataset) -> str:
         """What a checkpoint must match to be resumed: settings, pairs, data size, student shape."""
         cfg = self.student.config
-        shape = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
-        options = {k: getattr(cfg, k) for k in ("kronecker", "reference_store") if getattr(cfg, k, None)}
-        if options:  # a Kronecker or referenced student is another run than a plain one of its shape
+        shape: tuple[int, ...] = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
+        if hasattr(cfg, "intermediate_size"):  # a NAS-BERT student has its path (below) instead
+            shape += (cfg.intermediate_size,)
+        options = {
+            k: getattr(cfg, k) for k in ("kronecker", "reference_store", "path") if getattr(cfg, k, None)
+        }
+        if options:  # a Kronecker, referenced or NAS student is another run than a plain one of its shape
             return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape, options)
         return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape)
 

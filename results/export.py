@@ -52,7 +52,8 @@ def student_record(
     return {
         "name": student["name"],
         "architecture": {
-            "type": "bert",
+            "type": "nas-bert" if student.get("nas") else "bert",
+            **({"path": student["nas"]["path"]} if student.get("nas") else {}),
             "layers": student["layers"],
             "hidden": student["hidden"],
             "heads": student["heads"],

@@ -46,6 +46,8 @@ def timed(model: torch.nn.Module, cfg: RunConfig) -> dict[str, Any]:
 
 def shape_key(student: dict[str, Any]) -> str:
     shape = f"{student['layers']}L-{student['hidden']}H-{student['heads']}A-{student['intermediate']}F"
+    if student.get("nas"):  # a supernet student: its name carries its path's digest
+        return str(student["name"])
     kron, refs = student.get("kronecker"), student.get("references")
     shape += f"-kron{fingerprint(kron)[:6]}" if kron else ""
     return shape + (f"-ref{fingerprint(refs)[:6]}" if refs else "")
@@ -155,7 +157,7 @@ def results_table(cfg: RunConfig, final: dict[str, Any]) -> pd.DataFrame:
         info = {
             "origin": "+".join(s["origin"]),
             "mapping": s["mapping"],
-            "shape": f"{s['layers']}L-{s['hidden']}",
+            "shape": s["name"] if s.get("nas") else f"{s['layers']}L-{s['hidden']}",
         }
         row(s["name"], "student", {t: j["metrics"] for t, j in zip(tasks, jobs, strict=True) if j}, info)
     table = pd.DataFrame(rows)

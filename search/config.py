@@ -115,10 +115,12 @@ class FinalConfig(Strict):
     """The final stage: chosen students fully distilled and scored on these GLUE tasks."""
 
     tasks: list[TaskName] = Field(["mrpc", "rte", "sst2"], min_length=1)
-    students: list[Literal["searched", "uniform", "last"]] = Field(
+    students: list[Literal["searched", "uniform", "last", "supernet"]] = Field(
         ["searched", "uniform", "last"], min_length=1
     )
-    """Which students: the mapping search's best, and the uniform and last-layers baselines."""
+    """Which students: the mapping search's best, the uniform and last-layers baselines (all shaped as
+    ``distill.student``), and ``supernet``: every student on the supernet search's front (run first when
+    it has not finished), distilled from its inherited weights at its block boundaries."""
     latency: LatencyConfig = LatencyConfig()
     export_front: bool = True
     """Export only the Pareto front (else every final student)."""

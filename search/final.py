@@ -1,7 +1,7 @@
 """The final stage: the chosen students fully distilled and scored on GLUE, as Ray Tune trials.
 
-Each student (the mapping search's winner and its baselines, uniform and last-layers) gets one general
-distillation trial on the corpus, then one trial per GLUE task: TinyBERT's task distillation from the
+Each student (the mapping search's winner and its baselines, uniform and last-layers; the supernet
+search's front students, from their inherited weights) gets one general distillation trial on the corpus, then one trial per GLUE task: TinyBERT's task distillation from the
 fine-tuned teacher, dev scores and test-set predictions. A task trial starts once its student's general
 trial has succeeded. Every trial is recorded in the run's Optuna storage (studies ``<prefix>-final``,
 task scores, and ``<prefix>-final-general``, distillation losses), and whatever a trial saved is reused,
@@ -19,12 +19,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from distilnas.distill.config import DistillConfig
+from distilnas.distill.config import DistillConfig, DistillSettings
 from distilnas.distill.errors import UserError
 from distilnas.distill.recipes import student_spec
 from distilnas.distill.student import Init, StudentSpec
@@ -57,11 +57,15 @@ class FinalStudent:
     hidden: int
     heads: int
     intermediate: int
-    init: Init
+    init: Init | Literal["supernet"]
     mapping: str
     origin: list[str] = field(default_factory=list)
     kronecker: dict[str, Any] | None = None
     references: dict[str, Any] | None = None
+    nas: dict[str, str] | None = None
+    """A supernet student: its ``path`` and the ``folder`` of its extracted weights (where its
+    distillation starts); its ``layers`` are blocks, its mapping pairs each block's output with a
+    teacher layer."""
 
     @property
     def spec(self) -> StudentSpec:
@@ -80,6 +84,8 @@ def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> l
     spec = student_spec(cfg.distill, tcfg)
     wanted: list[tuple[str, LayerMapping]] = []  # (origin, mapping)
     for kind in cfg.final.students:
+        if kind == "supernet":
+            continue  # added after the mapping students, below
         if kind == "searched":
             best = (mapping_results or {}).get("ga", {}).get("best")
             if not best:
@@ -108,7 +114,54 @@ def chosen_students(cfg: RunConfig, mapping_results: dict[str, Any] | None) -> l
             spec.kronecker,
             spec.references,
         )
-    return list(students.values())
+    nas = supernet_students(cfg) if "supernet" in cfg.final.students else []
+    return [*students.values(), *nas]
+
+
+def supernet_students(cfg: RunConfig) -> list[FinalStudent]:
+    """The supernet search's front students, read from their saved folders."""
+    from transformers import AutoConfig
+
+    from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT model type)
+
+    folder = (cfg.output_dir / "search-supernet").resolve()
+    done = folder / "results.json"
+    if not done.is_file():
+        raise UserError("final.students: 'supernet' needs a finished supernet search")
+    n = int(load_model_config(resolve(cfg.teacher.name)).num_hidden_layers)
+    out = []
+    for saved in json.loads(done.read_text())["front"]:
+        path = folder / "students" / saved
+        c = AutoConfig.from_pretrained(path)
+        record = json.loads((path / "student.json").read_text())
+        hidden = max(int(b["hidden"]) for b in c.blocks)
+        mapping = LayerMapping.from_string(",".join(map(str, c.teacher_boundaries)) + f"/{n}", n)
+        name = f"nas{len(c.blocks)}B-{record['params'] / 1e6:.1f}M-{saved.rsplit('_', 1)[-1]}"
+        out.append(
+            FinalStudent(
+                name,
+                len(c.blocks),
+                hidden,
+                int(c.num_attention_heads),
+                4 * hidden,
+                "supernet",
+                str(mapping),
+                ["supernet"],
+                nas={"path": str(c.path), "folder": str(path)},
+            )
+        )
+    return out
+
+
+NAS_LOSSES = ("hidden_mse", "hidden_cosine", "prediction_ce", "hard_label")
+"""What a NAS-BERT student distils: block outputs and logits (it has no attention maps to match)."""
+
+
+def nas_settings(settings: DistillSettings) -> DistillSettings:
+    """A stage's settings for a NAS-BERT student: its losses that such a student can serve (block
+    outputs and logits), or hidden-state MSE at the block boundaries when none of them can."""
+    losses = {k: v for k, v in settings.losses.items() if k in NAS_LOSSES and v}
+    return settings.model_copy(update={"losses": losses or {"hidden_mse": 1.0}})
 
 
 def plan(students: list[FinalStudent], tasks: list[str]) -> list[Job]:
@@ -144,6 +197,7 @@ def general_job(p: PreparedProxy, student: FinalStudent, out: Path) -> dict[str,
     """General distillation of one student on the corpus from the teacher's cached outputs; the encoder
     is saved in ``out/general`` (a finished one is reused)."""
     from datasets import load_from_disk
+    from transformers import AutoModel
 
     from distilnas.distill.distiller import CachedTeacher, Distiller
     from distilnas.distill.teacher_cache import TeacherCache
@@ -155,10 +209,15 @@ def general_job(p: PreparedProxy, student: FinalStudent, out: Path) -> dict[str,
     dcfg = DistillConfig.model_validate(p.distill)
     seed_everything(p.seed)
     mapping = LayerMapping.from_string(student.mapping, p.teacher_layers)
-    encoder = p.initial_student(student.spec, student.init, mapping)
+    if student.nas:  # a supernet student starts from its inherited weights, matched block by block
+        encoder = AutoModel.from_pretrained(student.nas["folder"])
+        pairs, settings = mapping.pairs(embeddings=False), nas_settings(dcfg.general)
+    else:
+        encoder = p.initial_student(student.spec, student.init, mapping)  # type: ignore[arg-type]
+        pairs, settings = mapping.pairs(), dcfg.general
     tok = p.tokenizer()
     cache = TeacherCache(Path(p.corpus_cache), p.corpus_fingerprint)
-    result = Distiller(encoder, CachedTeacher(cache), mapping.pairs(), dcfg.general).fit(
+    result = Distiller(encoder, CachedTeacher(cache), pairs, settings).fit(
         load_from_disk(p.corpus_data), out / "checkpoint-general", tok.pad_token_id or 0, desc="general"
     )
     outcome = {"loss": result.loss, "steps": result.steps, "train_seconds": result.seconds}
@@ -196,7 +255,11 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     encoder = AutoModel.from_pretrained(out / "general", attn_implementation="eager")
     teacher_config = AutoConfig.from_pretrained(entry.teacher_path)
     model = with_head(encoder, teacher_config)
-    pairs = LayerMapping.from_string(student.mapping, p.teacher_layers).pairs()
+    pairs = LayerMapping.from_string(student.mapping, p.teacher_layers).pairs(embeddings=not student.nas)
+    stages = dcfg.task
+    if student.nas:
+        intermediate, prediction = nas_settings(stages.intermediate), nas_settings(stages.prediction)
+        stages = stages.model_copy(update={"intermediate": intermediate, "prediction": prediction})
     cache = TeacherCache(Path(entry.cache_path), entry.cache_fingerprint)
     data = task_data(p, task_name, tok)
     evals = [tokenize_split(task, s, tok, p.max_length, p.glue_dir, p.cache_dir) for s in task.eval_splits]
@@ -210,12 +273,12 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
         data = referenced_split(store, train, p.glue_dir, p.train_examples).dataset
         evals = [referenced_split(store, e, p.glue_dir) for e in evals]
         tests = [referenced_split(store, e, p.glue_dir) for e in tests]
-    stages = distill_task(
+    results = distill_task(
         model,
         CachedTeacher(cache),
         data,
         pairs,
-        dcfg.task,
+        stages,
         task.is_regression,
         out / f"checkpoint-{task_name}",
         tok.pad_token_id or 0,
@@ -225,8 +288,8 @@ def task_job(p: PreparedProxy, student: FinalStudent, task_name: str, out: Path)
     outcome = {
         "score": task_score(metrics),
         "metrics": metrics,
-        **{f"{k}_loss": r.loss for k, r in stages.items()},
-        **{f"{k}_seconds": r.seconds for k, r in stages.items()},
+        **{f"{k}_loss": r.loss for k, r in results.items()},
+        **{f"{k}_seconds": r.seconds for k, r in results.items()},
     }
     with atomic_dir(out / task_name) as tmp:
         model.save_pretrained(tmp)

@@ -1,10 +1,11 @@
-"""``distilnas run``: teacher → proxies → mapping search → final distillation → table → exports → report.
+"""``distilnas run``: teacher → proxies → mapping and/or supernet search → final distillation → table →
+exports → report.
 
 Each stage is skipped when its outputs exist and belong to this config: the fine-tuned teachers come from
-the cache, a finished mapping search from its ``results.json``, finished final trials from the run's
-Optuna storage and their saved models, exports that this run already wrote are kept. The run folder
+the cache, a finished mapping or supernet search from its ``results.json``, finished final trials from the
+run's Optuna storage and their saved models, exports that this run already wrote are kept. The run folder
 (``output_dir``) records its config and hash in ``config.json``; ``--resume`` with another config is
-refused. The supernet search (NAS-BERT) joins as a stage when it lands.
+refused. A search runs only when ``final.students`` asks for its students (``searched``, ``supernet``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def mapping_stage(cfg: RunConfig, address: str | None) -> dict[str, Any]:
     return run_mapping_search(cfg, resume=(folder / "config.json").is_file(), address=address)
 
 
+def supernet_stage(cfg: RunConfig, address: str | None) -> dict[str, Any]:
+    from distilnas.search.supernet_search import run_supernet_search
+
+    folder = cfg.output_dir / "search-supernet"
+    done = folder / "results.json"
+    if done.is_file():
+        log.info("supernet search: finished earlier (%s)", done)
+        return dict(json.loads(done.read_text()))
+    return run_supernet_search(cfg, resume=(folder / "config.json").is_file(), address=address)
+
+
 def finish(
     cfg: RunConfig, search: dict[str, Any] | None, final: dict[str, Any], dest: Path
 ) -> dict[str, Any]:
@@ -88,8 +100,13 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = Non
     )
     log.info("stage 1/4: teachers")
     teachers(cfg)
-    log.info("stage 2/4: layer-mapping search")
-    search = mapping_stage(cfg, address) if "searched" in cfg.final.students else None
+    search = None
+    if "searched" in cfg.final.students:
+        log.info("stage 2/4: layer-mapping search")
+        search = mapping_stage(cfg, address)
+    if "supernet" in cfg.final.students:
+        log.info("stage 2/4: architecture (supernet) search")
+        supernet_stage(cfg, address)
     log.info("stage 3/4: final distillation")
     final = run_final(cfg, search, storage, address)
     log.info("stage 4/4: results, exports, report")

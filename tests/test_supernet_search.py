@@ -88,7 +88,7 @@ def test_supernet_search_end_to_end(searched: tuple[Path, dict]) -> None:
     # nothing in the front is dominated by a re-scored student
     for f in front:
         for s in students:
-            keys = ("inherited_loss", "params", "predicted_ms")
+            keys = ("inherited_loss", "params", "measured_ms")  # the front is on measured latency
             assert not (all(s[k] <= f[k] for k in keys) and any(s[k] < f[k] for k in keys))
     assert out["cost"]["score_seconds_per_student"] < out["cost"]["supernet_train_seconds"]
     # every trial is in the run's storage
@@ -187,3 +187,41 @@ def test_bad_space_is_one_line_and_exit_2(
     proc = run("search", "supernet", str(cfg))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_run_distils_the_supernet_front_in_the_final_stage(searched: tuple[Path, dict]) -> None:
+    """`distilnas run` with `final.students: [supernet]` takes the finished search's front: each student
+    is distilled from its inherited weights at its block boundaries, scored, timed and exported."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg, out = searched
+    text = cfg.read_text()
+    text = text.replace(
+        "distill: {max_length: 32, baseline: {batch_size: 16}}",
+        "distill: {max_length: 32, train_limit: 48, corpus_fraction: 0.02,"
+        " general: {steps: 2, batch_size: 16},"
+        " task: {intermediate: {steps: 2, batch_size: 16}, prediction: {steps: 2, batch_size: 16}}}",
+    )
+    text = text.replace("final: {", "final: {tasks: [rte], students: [supernet], export_front: false, ")
+    text = text.replace(
+        "teacher: {name: ", "teacher: {train: {epochs: 1, train_limit: 64, batch_size: 16}, name: "
+    )
+    run_cfg = cfg.parent / "run.yaml"
+    run_cfg.write_text(text)
+    proc = run("run", str(run_cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "supernet search: finished earlier" in proc.stderr  # the search is not run again
+    result = json.loads(proc.stdout)
+    students = [r for r in result["table"] if r["kind"] == "student"]
+    searched_front = {s["name"]: s for s in out["students"] if s["front"]}
+    assert len(students) == len(searched_front) == len(result["exports"])
+    by_params = {s["params"]: s["path"] for s in searched_front.values()}
+    for row in students:
+        assert row["model"].startswith("nas2B-") and row["origin"] == "supernet"
+        assert row["params"] in by_params  # the distilled encoder is the searched architecture
+    for folder in map(Path, result["exports"]):
+        record = json.loads((folder / "student.json").read_text())
+        assert record["architecture"]["type"] == "nas-bert"
+        assert record["architecture"]["path"] == by_params[record["params"]]
+        model = AutoModelForSequenceClassification.from_pretrained(folder / "rte")
+        assert model.config.model_type == "nas-bert" and model.config.num_labels == 2
