@@ -26,24 +26,14 @@ from transformers import (
 )
 
 from distilnas.distill.config import DistillConfig
-from distilnas.distill.data import (
-    LengthBucketBatches,
-    collate,
-    tokenize_split,
-    tokenize_texts,
-)
+from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
 from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
 from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import EvalResult, evaluate, train
 from distilnas.distill.glue import GlueTask
 from distilnas.distill.kronecker import check_factors
 from distilnas.distill.losses import teacher_fields
-from distilnas.distill.references import (
-    example_texts,
-    referenced,
-    referenced_split,
-    task_store,
-)
+from distilnas.distill.references import example_texts, referenced, referenced_split, task_store
 from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
 from distilnas.distill.teacher_cache import teacher_cache

@@ -1,9 +1,10 @@
 """The final stage: the chosen students fully distilled and scored on GLUE, as Ray Tune trials.
 
 Each student (the mapping search's winner and its baselines, uniform and last-layers; the supernet
-search's front students, from their inherited weights) gets one general distillation trial on the corpus, then one trial per GLUE task: TinyBERT's task distillation from the
-fine-tuned teacher, dev scores and test-set predictions. A task trial starts once its student's general
-trial has succeeded. Every trial is recorded in the run's Optuna storage (studies ``<prefix>-final``,
+search's front students, from their inherited weights) gets one general distillation trial on the
+corpus, then one trial per GLUE task: TinyBERT's task distillation from the fine-tuned teacher, dev
+scores and test-set predictions. A task trial starts once its student's general trial has succeeded.
+Every trial is recorded in the run's Optuna storage (studies ``<prefix>-final``,
 task scores, and ``<prefix>-final-general``, distillation losses), and whatever a trial saved is reused,
 so a killed stage resumes without redoing finished trials. The driver then measures every student's
 latency on a quiet machine and builds the results table (:mod:`distilnas.results.table`).
@@ -138,7 +139,7 @@ def supernet_students(cfg: RunConfig) -> list[FinalStudent]:
         mapping = LayerMapping.from_string(",".join(map(str, c.teacher_boundaries)) + f"/{n}", n)
         name = f"nas{len(c.blocks)}B-{record['params'] / 1e6:.1f}M-{saved.rsplit('_', 1)[-1]}"
         out.append(
-            FinalStudent(
+            FinalStudent(  # sizes for the record: blocks, the widest block, its heads and its FFN (4x)
                 name,
                 len(c.blocks),
                 hidden,
