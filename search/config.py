@@ -162,8 +162,9 @@ class RunConfig(Strict):
         return self.data.cache_dir or default_cache_dir()
 
     def config_hash(self) -> str:
-        """A fingerprint of every setting, to tell one run's folder from another's."""
-        return fingerprint(self.model_dump(mode="json"))
+        """A fingerprint of every setting, to tell one run's folder from another's. Empty settings are
+        left out, so a new optional setting (empty by default) keeps older runs resumable."""
+        return fingerprint(self.model_dump(mode="json", exclude_none=True))
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -83,6 +83,10 @@ def test_error_path_format() -> None:
 def test_config_hash_changes_with_settings() -> None:
     a, b = parse_config({}), parse_config({"seed": 1})
     assert a.config_hash() == parse_config({}).config_hash() != b.config_hash()
+    # an empty optional setting counts for nothing (a new one keeps older runs resumable); a set one does
+    refs = parse_config({"distill": {"student": {"references": {"tokens": 4}}}})
+    assert parse_config({"distill": {"student": {"kronecker": None}}}).config_hash() == a.config_hash()
+    assert refs.config_hash() != a.config_hash()
 
 
 def test_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
