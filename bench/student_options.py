@@ -25,7 +25,7 @@ from transformers import AutoModel
 
 from distilnas.distill import teacher as _registry  # noqa: F401  (registers every student's model type)
 from distilnas.distill.glue import get_task
-from distilnas.distill.measure import count_parameters, dummy_inputs
+from distilnas.distill.measure import count_parameters, dummy_inputs, retrieval_latency
 from distilnas.distill.references import example_texts
 from distilnas.distill.teacher import load_encoder, resolve
 
@@ -64,14 +64,7 @@ def main() -> None:
                 times[n].append((time.perf_counter() - start) * 1000)
     store = models["referenced 2L-96"].store
     queries = example_texts(get_task(args.task), "validation", args.glue_dir)[:200]
-    for q in queries[:10]:
-        store.lookup(q)
-    lookups = []
-    for q in queries:
-        start = time.perf_counter()
-        store.lookup(q)
-        lookups.append((time.perf_counter() - start) * 1000)
-    retrieval = statistics.median(lookups)
+    retrieval = retrieval_latency(store.lookup, queries)["median_ms"]
 
     ms = {n: statistics.median(t) for n, t in times.items()}
     ms_total = dict(ms, **{"referenced 2L-96": ms["referenced 2L-96"] + retrieval})
@@ -93,7 +86,7 @@ def main() -> None:
             f"{ms_total[n] / base:.2f}x",
         )
     Console().print(table)
-    print(f"retrieval: median of {len(lookups)} {args.task} dev sentences over a pool of {store.examples:,}")
+    print(f"retrieval: median of {len(queries)} {args.task} dev sentences over a pool of {store.examples:,}")
 
 
 if __name__ == "__main__":

@@ -25,16 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    BertConfig,
-    BertForSequenceClassification,
-    BertModel,
-)
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from distilnas.distill.errors import UserError
+from distilnas.distill.utils import register_student
 
 MODEL_TYPE = "kronecker-bert"
 KINDS = ("embedding", "attention", "ffn_in", "ffn_out")
@@ -276,13 +270,4 @@ def check_factors(kronecker: dict[str, Any], vocab: int, hidden: int, intermedia
             raise UserError(f"kronecker: unknown {kind!r}; known: {', '.join(KINDS)}")
 
 
-def _register() -> None:
-    try:
-        AutoConfig.register(MODEL_TYPE, KroneckerBertConfig)
-    except ValueError:
-        return
-    AutoModel.register(KroneckerBertConfig, KroneckerBertModel)
-    AutoModelForSequenceClassification.register(KroneckerBertConfig, KroneckerBertForSequenceClassification)
-
-
-_register()
+register_student(MODEL_TYPE, KroneckerBertConfig, KroneckerBertModel, KroneckerBertForSequenceClassification)

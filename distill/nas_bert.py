@@ -27,14 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+
+from distilnas.distill.utils import register_student
 
 MODEL_TYPE = "nas-bert"
 
@@ -403,13 +399,4 @@ def block_parameters(
     return n + hidden * teacher_hidden + teacher_hidden
 
 
-def _register() -> None:
-    try:
-        AutoConfig.register(MODEL_TYPE, NasBertConfig)
-    except ValueError:  # already registered (module reloaded)
-        return
-    AutoModel.register(NasBertConfig, NasBertModel)
-    AutoModelForSequenceClassification.register(NasBertConfig, NasBertForSequenceClassification)
-
-
-_register()
+register_student(MODEL_TYPE, NasBertConfig, NasBertModel, NasBertForSequenceClassification)

@@ -38,20 +38,15 @@ import torch
 from datasets import Dataset
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    BertConfig,
-    BertForSequenceClassification,
-    BertModel,
-)
-from transformers.models.bert.modeling_bert import BertSelfAttention
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
 
 from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
 from distilnas.distill.glue import GlueTask, load_split
-from distilnas.distill.utils import atomic_dir, fingerprint
+from distilnas.distill.teacher_cache import TeacherCache
+from distilnas.distill.utils import atomic_dir, fingerprint, register_student
 
 MODEL_TYPE = "referenced-bert"
 STORE_FORMAT = "reference-store-v1"
@@ -176,7 +171,7 @@ class ReferenceStore:
         )
 
     @classmethod
-    def build(cls, folder: Path, cache: Any, index: ReferenceIndex, key: StoreKey) -> ReferenceStore:
+    def build(cls, folder: Path, cache: TeacherCache, index: ReferenceIndex, key: StoreKey) -> ReferenceStore:
         """Write the store of ``index``'s pool from a teacher-output ``cache`` of the same rows (its
         ``hidden`` field), atomically, and open it."""
         if cache.hidden is None:
@@ -275,7 +270,7 @@ class ReferenceStore:
 
 
 def task_store(
-    cache: Any, texts: Sequence[str], teacher: str, layer: int, tokens: int, root: Path
+    cache: TeacherCache, texts: Sequence[str], teacher: str, layer: int, tokens: int, root: Path
 ) -> ReferenceStore:
     """The reference store of a task's training ``texts`` (the pool), built once under ``root`` from the
     fine-tuned teacher's output cache of the same rows, and reused after."""
@@ -371,9 +366,6 @@ class ReferencedSelfAttention(BertSelfAttention):
     ) -> tuple[torch.Tensor, ...]:
         if references is None:
             return super().forward(hidden_states, attention_mask, past_key_values, **kwargs)
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        from transformers.models.bert.modeling_bert import eager_attention_forward
-
         b, t = hidden_states.shape[:2]
         d = self.attention_head_size
         both = torch.cat([hidden_states, references.states.to(hidden_states.dtype)], dim=1)
@@ -537,21 +529,13 @@ def referenced(
     out: ReferencedBertModel | ReferencedBertForSequenceClassification
     if isinstance(model, BertModel):
         out = ReferencedBertModel(cfg, add_pooling_layer=model.pooler is not None)
-        missing = out.load_state_dict(model.state_dict(), strict=False).missing_keys
     else:
         out = ReferencedBertForSequenceClassification(cfg)
-        missing = out.load_state_dict(model.state_dict(), strict=False).missing_keys
+    missing = out.load_state_dict(model.state_dict(), strict=False).missing_keys
     assert all("reference_projection" in k for k in missing), missing
     return out
 
 
-def _register() -> None:
-    try:
-        AutoConfig.register(MODEL_TYPE, ReferencedBertConfig)
-    except ValueError:  # already registered (module reloaded)
-        return
-    AutoModel.register(ReferencedBertConfig, ReferencedBertModel)
-    AutoModelForSequenceClassification.register(ReferencedBertConfig, ReferencedBertForSequenceClassification)
-
-
-_register()
+register_student(
+    MODEL_TYPE, ReferencedBertConfig, ReferencedBertModel, ReferencedBertForSequenceClassification
+)

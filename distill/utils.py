@@ -105,3 +105,17 @@ def adamw(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def register_student(model_type: str, config: type, encoder: type, classifier: type) -> None:
+    """Register a student model type with transformers' Auto classes (config, encoder, classifier), so
+    its saved folders load with ``AutoModel`` and ``AutoModelForSequenceClassification``; a second call
+    (a reloaded module) changes nothing."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    try:
+        AutoConfig.register(model_type, config)
+    except ValueError:  # already registered
+        return
+    AutoModel.register(config, encoder)
+    AutoModelForSequenceClassification.register(config, classifier)

@@ -32,7 +32,6 @@ from distilnas.distill.glue import get_task
 from distilnas.distill.losses import teacher_fields
 from distilnas.distill.metrics import task_score
 from distilnas.distill.recipes import importance_batches, student_spec, with_head
-from distilnas.distill.references import example_texts, task_store
 from distilnas.distill.student import Init, StudentSpec, build_student, importance
 from distilnas.distill.teacher import ModelSource, fine_tuned_teacher, load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
@@ -50,7 +49,7 @@ class ProxyTask:
     cache_path: str
     cache_fingerprint: str
     store_path: str = ""
-    """The task's reference store, for referenced students (distill/references.py)."""
+    """The task's reference store, for referenced students (built by the final stage from this cache)."""
 
 
 @dataclass
@@ -157,18 +156,16 @@ def prepare(
         task = get_task(name)
         ft, _ = fine_tuned_teacher(source, task, teacher.settings_for(name), glue_dir, cache_dir)
         data = task_data(prepared, name, tok)
-        cache_path, cache_fingerprint, store_path = "", "", ""
+        cache_path, cache_fingerprint = "", ""
         if mode == "task-specific":  # task-agnostic trials fine-tune on labels: no teacher outputs needed
+            # a referenced student's reference store is taken from the hidden states of this cache
             fields = sorted(teacher_fields(task_weights) | {"logits"} | ({"hidden"} if refs else set()))
             tmodel = AutoModelForSequenceClassification.from_pretrained(ft.path, attn_implementation="eager")
-            teacher_id = f"finetuned:{ft.fingerprint}"
-            tcache = teacher_cache(tmodel, teacher_id, data, distill.max_length, fields, cache_dir)
+            tcache = teacher_cache(
+                tmodel, f"finetuned:{ft.fingerprint}", data, distill.max_length, fields, cache_dir
+            )
             cache_path, cache_fingerprint = str(tcache.path), tcache.fingerprint
-            if refs:  # the references' teacher states, taken from the same cache once for every trial
-                texts = example_texts(task, task.train_split or "train", glue_dir, proxy.train_examples)
-                layer, tokens = refs["teacher_layer"], refs["tokens"]
-                store_path = str(task_store(tcache, texts, teacher_id, layer, tokens, cache_dir).folder)
-        prepared.tasks.append(ProxyTask(name, str(ft.path), cache_path, cache_fingerprint, store_path))
+        prepared.tasks.append(ProxyTask(name, str(ft.path), cache_path, cache_fingerprint))
         for split in task.eval_splits:
             tokenize_split(task, split, tok, distill.max_length, glue_dir, cache_dir)
     atomic_write_json(out_dir / "proxy.json", prepared.to_json())

@@ -60,14 +60,15 @@ def timed_referenced(folder: Path, tasks: list[str], cfg: RunConfig) -> dict[str
     from transformers import AutoModel
 
     from distilnas.distill.measure import retrieval_latency
+    from distilnas.distill.references import ReferenceStore
 
     saved = [folder / t for t in tasks if (folder / t / "config.json").is_file()]
     if not saved:  # not distilled on any task yet
         return None
     figures = timed(AutoModel.from_pretrained(saved[0], attn_implementation="sdpa"), cfg)
     retrieval, stores = {}, {}
-    for path in saved:
-        store = AutoModel.from_pretrained(path).store
+    for path in saved:  # each task's store beside its model (the weights are not needed for this)
+        store = ReferenceStore(path / "references")
         retrieval[path.name] = retrieval_latency(store.lookup, store.index.texts[:200])["ms"]
         stores[path.name] = store.bytes
     mean = sum(retrieval.values()) / len(retrieval)

@@ -340,6 +340,21 @@ class FinalRecorder:
         return dict(finished_jobs(self.general, self.tasks))
 
 
+def reference_stores(p: PreparedProxy, layer: int, tokens: int) -> None:
+    """Each task's reference store for referenced students, built once before the trials from the task's
+    teacher-output cache (the fine-tuned teacher's states of the training rows it was made on)."""
+    from distilnas.distill.glue import get_task
+    from distilnas.distill.references import example_texts, task_store
+    from distilnas.distill.teacher_cache import TeacherCache
+
+    for entry in p.tasks:
+        task = get_task(entry.name)
+        cache = TeacherCache(Path(entry.cache_path), entry.cache_fingerprint)
+        texts = example_texts(task, task.train_split or "train", p.glue_dir, p.train_examples)
+        store = task_store(cache, texts, str(cache.index["teacher"]), layer, tokens, Path(p.cache_dir))
+        entry.store_path = str(store.folder)
+
+
 def run_final(
     cfg: RunConfig,
     mapping_results: dict[str, Any] | None,
@@ -373,6 +388,10 @@ def run_final(
         "task-specific",  # task distillation reads the fine-tuned teachers' cached outputs
         cfg.seed,
     )
+    refs = student_spec(cfg.distill, load_model_config(resolve(cfg.teacher.name))).references
+    if refs:
+        reference_stores(prepared, refs["teacher_layer"], refs["tokens"])
+        atomic_write_json(folder / "proxy.json", prepared.to_json())
     recorder = FinalRecorder(storage, cfg.storage.study_prefix, [s.name for s in students], tasks)
     work = FinalWork(prepared.to_json(), {s.name: asdict(s) for s in students}, str(folder))
     searcher = JobSearcher(plan(students, tasks), recorder.done(), recorder.record)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +48,17 @@ def teachers(cfg: RunConfig) -> dict[str, dict[str, float]]:
     return out
 
 
-def mapping_stage(cfg: RunConfig, address: str | None) -> dict[str, Any]:
-    folder = cfg.output_dir / "search-mapping"
+def search_stage(
+    cfg: RunConfig, kind: str, search: Callable[..., dict[str, Any]], address: str | None
+) -> dict[str, Any]:
+    """A search's results: read from ``search-<kind>/results.json`` when it finished earlier, else run
+    (resuming when it has started)."""
+    folder = cfg.output_dir / f"search-{kind}"
     done = folder / "results.json"
     if done.is_file():
-        log.info("mapping search: finished earlier (%s)", done)
+        log.info("%s search: finished earlier (%s)", kind, done)
         return dict(json.loads(done.read_text()))
-    return run_mapping_search(cfg, resume=(folder / "config.json").is_file(), address=address)
-
-
-def supernet_stage(cfg: RunConfig, address: str | None) -> dict[str, Any]:
-    from distilnas.search.supernet_search import run_supernet_search
-
-    folder = cfg.output_dir / "search-supernet"
-    done = folder / "results.json"
-    if done.is_file():
-        log.info("supernet search: finished earlier (%s)", done)
-        return dict(json.loads(done.read_text()))
-    return run_supernet_search(cfg, resume=(folder / "config.json").is_file(), address=address)
+    return search(cfg, resume=(folder / "config.json").is_file(), address=address)
 
 
 def finish(
@@ -103,10 +97,12 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = Non
     search = None
     if "searched" in cfg.final.students:
         log.info("stage 2/4: layer-mapping search")
-        search = mapping_stage(cfg, address)
+        search = search_stage(cfg, "mapping", run_mapping_search, address)
     if "supernet" in cfg.final.students:
+        from distilnas.search.supernet_search import run_supernet_search
+
         log.info("stage 2/4: architecture (supernet) search")
-        supernet_stage(cfg, address)
+        search_stage(cfg, "supernet", run_supernet_search, address)
     log.info("stage 3/4: final distillation")
     final = run_final(cfg, search, storage, address)
     log.info("stage 4/4: results, exports, report")

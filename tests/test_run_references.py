@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 
+def python(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_ADDRESS="")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=1200, env=env)
+
+
 def test_final_stage_distils_times_and_exports_a_referenced_student(
     tmp_path: Path, glue_dir: Path, corpus_dir: Path
 ) -> None:
@@ -43,14 +48,7 @@ ray: {{cpus_per_trial: 1}}
 output_dir: {tmp_path / "out"}
 """
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_ADDRESS="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "distilnas", "run", str(cfg), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-    )
+    proc = python("-m", "distilnas", "run", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-5000:]
     out = json.loads(proc.stdout)
     (row,) = [r for r in out["table"] if r["kind"] == "student"]
@@ -67,13 +65,7 @@ output_dir: {tmp_path / "out"}
     record = json.loads((folder / "student.json").read_text())
     assert record["options"]["references"] == {"teacher_layer": 2, "tokens": 6}
     assert (folder / "rte" / "references" / "store.json").is_file()
-    score = subprocess.run(
-        [sys.executable, "-c", SCORE, str(folder / "rte"), str(glue_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    score = python("-c", SCORE, str(folder / "rte"), str(glue_dir))
     assert score.returncode == 0, score.stderr[-3000:]
     got = json.loads(score.stdout)
     assert got["accuracy"] == pytest.approx(got["recorded"])
