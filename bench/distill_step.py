@@ -24,11 +24,11 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from distilnas.distill.bert import BertShape, build_student
 from distilnas.distill.config import DistillSettings
 from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_split
 from distilnas.distill.distiller import CachedTeacher, Distiller, LiveTeacher
 from distilnas.distill.glue import get_task
-from distilnas.distill.student import StudentSpec, build_student
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import teacher_cache
 from distilnas.spaces.mapping import LayerMapping
@@ -111,7 +111,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     depth = teacher.config.num_hidden_layers
     for layers, hidden in ((2, 128), (4, 256)):
-        spec = StudentSpec.like(teacher.config, layers, hidden)
+        spec = BertShape.like(teacher.config, layers, hidden)
         pairs = LayerMapping.uniform(layers, depth).pairs()
         for pad_to in (None, 128):
             padding = (
@@ -132,7 +132,7 @@ def main() -> None:
                 flops = sum(step_flops(d, rows, packed, pad_to) for rows in batches[args.warmup :])
                 gflops = flops / sum(times) / 1e9
                 table.add_row(
-                    spec.name,
+                    spec.size_name,
                     padding,
                     kind,
                     f"{med * 1000:.1f}",

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distilnas.search.config import load_config
-from distilnas.search.mapping_search import run_mapping_search
+from distilnas.search.stages.mapping import run_mapping_search
 
 
 def one_seed(config: Path, seed: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from transformers import AutoModel
 from distilnas.distill import teacher as _registry  # noqa: F401  (registers every student's model type)
 from distilnas.distill.glue import get_task
 from distilnas.distill.measure import count_parameters, dummy_inputs, retrieval_latency
-from distilnas.distill.references import example_texts
+from distilnas.distill.reference_store import example_texts
 from distilnas.distill.teacher import load_encoder, resolve
 
 RUNS = {

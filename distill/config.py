@@ -259,3 +259,13 @@ class DistillConfig(Strict):
     """Use only the first N training rows of a task (both for distillation and the plain baseline)."""
     baseline: TrainSettings = TrainSettings(epochs=3, lr=1e-4)
     """Fine-tuning of the same student on gold labels, without a teacher (the comparison)."""
+
+
+class LatencyConfig(Strict):
+    """How students and the teacher are timed: batch 1, sequence 128 on this device by default."""
+
+    batch_size: int = Field(1, gt=0)
+    seq_len: int = Field(128, gt=0)
+    threads: int | None = Field(None, gt=0)
+    """torch CPU threads (default: torch's)."""
+    repeats: int = Field(50, gt=0)

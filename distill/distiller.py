@@ -36,6 +36,7 @@ from distilnas.distill.config import DistillSettings, TaskDistillConfig
 from distilnas.distill.data import LengthBucketBatches, PackedRows
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
+from distilnas.distill.students import kind_of_model
 from distilnas.distill.teacher_cache import TeacherCache
 from distilnas.distill.utils import (
     adamw,
@@ -161,14 +162,7 @@ class Distiller:
 
     def _check(self, hs: int) -> None:
         s = self.settings
-        if self.student.config.model_type == "nas-bert":  # no Q/K/V to record; embeddings at block 1's size
-            allowed = {"hidden_mse", "hidden_cosine", "prediction_ce", "hard_label"}
-            other = sorted(set(self.weights) - allowed)
-            if other or any(st == 0 for st, _ in self.pairs):
-                raise UserError(
-                    f"a NAS-BERT student distils block outputs and logits ({', '.join(sorted(allowed))}) "
-                    f"over block pairs; not {other or 'the embeddings (pair 0)'}"
-                )
+        kind_of_model(self.student).check_losses(self.weights, self.pairs)
         if "minilm_relation" in self.weights and (
             hs % s.relation_heads or self.teacher.hidden_size % s.relation_heads
         ):
@@ -298,11 +292,9 @@ class Distiller:
         """What a checkpoint must match to be resumed: settings, pairs, data size, student shape."""
         cfg = self.student.config
         shape: tuple[int, ...] = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
-        if hasattr(cfg, "intermediate_size"):  # a NAS-BERT student has its path (below) instead
+        if hasattr(cfg, "intermediate_size"):  # a NAS-BERT student has its path instead
             shape += (cfg.intermediate_size,)
-        options = {
-            k: getattr(cfg, k) for k in ("kronecker", "reference_store", "path") if getattr(cfg, k, None)
-        }
+        options = kind_of_model(self.student).checkpoint_options(cfg)
         if options:  # a Kronecker, referenced or NAS student is another run than a plain one of its shape
             return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape, options)
         return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import LengthBucketBatches, TokenizedSplit, collate, tokenize_split
 from distilnas.distill.glue import GlueTask, compute_metrics, predictions_to_labels
-from distilnas.distill.references import referenced_split
 from distilnas.distill.utils import adamw, autocast_context, default_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,16 @@ def finetune_and_evaluate(
     glue_dir: str | Path | None,
     cache_dir: str | Path | None,
     do_train: bool = True,
+    reads: Callable[[TokenizedSplit, int | None], TokenizedSplit] | None = None,
 ) -> tuple[EvalResult, dict[str, float]]:
-    """Fine-tune on the task's train split (unless ``do_train`` is off), then score every eval split."""
+    """Fine-tune on the task's train split (unless ``do_train`` is off), then score every eval split.
+
+    ``reads(split, limit)`` gives a split as the model reads it (a referenced student: with references)."""
     pad_id = tokenizer.pad_token_id or 0
     model.to(default_device())  # type: ignore[arg-type]
-    store = getattr(model, "reference_store", None)  # a referenced student retrieves its references
 
     def inputs(split: TokenizedSplit, limit: int | None = None) -> TokenizedSplit:
-        return split if store is None else referenced_split(store, split, glue_dir, limit)
+        return split if reads is None else reads(split, limit)
 
     figures: dict[str, float] = {}
     if do_train:

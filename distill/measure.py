@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distilnas.distill.config import LatencyConfig
 from distilnas.distill.utils import default_device
 
 
@@ -57,12 +58,9 @@ def dummy_inputs(
         "attention_mask": torch.ones_like(ids).to(device),
         "token_type_ids": torch.zeros_like(ids).to(device),
     }
-    config: Any = getattr(model, "config", None)
-    width = getattr(config, "reference_hidden_size", None)
-    if width is not None:  # a referenced student attends to a full-length reference as well
-        tokens = int(config.reference_tokens)
-        refs = torch.randn((batch_size, tokens, int(width)), generator=g)
-        inputs["reference_states"] = refs.to(device)
+    extra = getattr(model, "measurement_inputs", None)
+    if callable(extra):  # inputs a model needs besides tokens (a referenced student's full reference)
+        inputs |= {k: v.to(device) for k, v in extra(batch_size, g).items()}
     return inputs
 
 
@@ -111,6 +109,36 @@ def measure_latency(
         device=device_name(device),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
+
+
+def timed(model: nn.Module, latency: LatencyConfig) -> dict[str, Any]:
+    """Parameters and latency of ``model`` at the ``final.latency`` setting (its threads, then back)."""
+    threads = torch.get_num_threads()
+    if latency.threads:
+        torch.set_num_threads(latency.threads)
+    try:
+        result = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {"params": count_parameters(model), "latency": result.as_dict()}
+
+
+def profile(
+    model: nn.Module,
+    batches: Sequence[int],
+    seq_len: int,
+    warmup: int = 10,
+    repeats: int = 30,
+    trim: float = 0.1,
+) -> list[dict[str, Any]]:
+    """Latency (with its settings) and forward FLOPs of ``model`` at each batch size."""
+    return [
+        {
+            **measure_latency(model, b, seq_len, warmup, repeats, trim).as_dict(),
+            "flops": count_flops(model, b, seq_len),
+        }
+        for b in batches
+    ]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,216 +1,310 @@
-"""Recipes: one student through general distillation, task distillation and scoring, and the plain
-fine-tuning baseline it is compared with.
+"""The one way a student is distilled: general distillation on the corpus from the pre-trained teacher, then
+TinyBERT's two task stages from each task's fine-tuned teacher, then dev scores (and test-set predictions).
 
-General distillation uses the pre-trained teacher on corpus text; task distillation uses the teacher
-fine-tuned on the task. Both read the teacher's outputs from the cache, so the teacher runs once per
-example, and both checkpoint into ``out_dir`` so a killed run resumes.
+``distilnas distill``, the final stage's trials and, with step budgets, the mapping search's proxy all run
+:class:`Distillation`. Every stage reads the teacher's outputs from the caches :func:`~distilnas.distill.
+prepared.prepare` built, so the teacher never runs; with a ``folder`` every stage checkpoints there and a
+finished stage is read back instead of trained again. What differs between student kinds (their heads,
+a referenced student's references, the losses a NAS-BERT student can serve) comes from the student
+registry (:mod:`distilnas.distill.students`).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
-from datasets import Dataset
-from transformers import (
-    AutoModelForSequenceClassification,
-    BertConfig,
-    BertForSequenceClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoModel, PreTrainedModel
 
-from distilnas.distill.config import DistillConfig
-from distilnas.distill.data import LengthBucketBatches, collate, tokenize_split, tokenize_texts
-from distilnas.distill.distiller import CachedTeacher, Distiller, distill_task
+from distilnas.distill.config import DistillConfig, DistillSettings, TaskDistillConfig, TrainSettings
+from distilnas.distill.data import tokenize_split
+from distilnas.distill.distiller import Distiller, distill_task
 from distilnas.distill.errors import UserError
-from distilnas.distill.finetune import EvalResult, evaluate, train
-from distilnas.distill.glue import GlueTask
-from distilnas.distill.kronecker import check_factors
-from distilnas.distill.losses import teacher_fields
-from distilnas.distill.references import example_texts, referenced, referenced_split, task_store
-from distilnas.distill.student import StudentSpec, build_student
-from distilnas.distill.teacher import ModelSource, load_encoder, load_tokenizer
-from distilnas.distill.teacher_cache import teacher_cache
-from distilnas.distill.utils import default_device
+from distilnas.distill.finetune import EvalResult, evaluate, finetune_and_evaluate, predict, train
+from distilnas.distill.glue import GlueTask, predictions_to_labels, write_submission
+from distilnas.distill.metrics import task_score
+from distilnas.distill.prepared import PreparedData
+from distilnas.distill.students import StudentRecord, TaskInputs, kind_of_model
+from distilnas.distill.teacher import ModelSource, has_head_for, load_for_task, load_tokenizer
+from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-
-def student_spec(config: DistillConfig, teacher: PretrainedConfig) -> StudentSpec:
-    """The configured student's shape; sizes left empty follow the teacher's head size and FFN ratio."""
-    s = config.student
-    base = StudentSpec.like(teacher, s.layers, s.hidden)
-    spec = StudentSpec(s.layers, base.hidden, s.heads or base.heads, s.intermediate or base.intermediate)
-    if s.references is not None:
-        refs = s.references.model_dump()
-        layers = int(teacher.num_hidden_layers)
-        if refs["teacher_layer"] is not None and refs["teacher_layer"] > layers:
-            raise UserError(
-                f"distill.student.references.teacher_layer: {refs['teacher_layer']} is not a teacher layer "
-                f"(0..{layers})"
-            )
-        refs["teacher_layer"] = layers if refs["teacher_layer"] is None else refs["teacher_layer"]
-        return StudentSpec(spec.layers, spec.hidden, spec.heads, spec.intermediate, references=refs)
-    if s.kronecker is None:
-        return spec
-    factors = s.kronecker.factors()
-    try:
-        check_factors(factors, int(teacher.vocab_size), spec.hidden, spec.intermediate)
-    except UserError as exc:
-        raise UserError(f"distill.student.{exc}") from None
-    return StudentSpec(spec.layers, spec.hidden, spec.heads, spec.intermediate, factors)
+Pairs = list[tuple[int, int]]
 
 
-def importance_batches(data: Dataset, n: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    batches = itertools.islice(LengthBucketBatches(data["length"], 16, shuffle=True, seed=0), n)
-    cols = [c for c in ("input_ids", "token_type_ids") if c in data.column_names]
-    rows = data.select_columns(cols)
-    return [collate([rows[i] for i in b], pad_id) for b in batches]
+@dataclass(frozen=True)
+class Budget:
+    """A cheap run (the proxy): fixed step budgets and no checkpoints."""
 
-
-def initial_student(
-    source: ModelSource,
-    config: DistillConfig,
-    layer_sources: Sequence[int | None],
-    sample_texts: Sequence[str],
-) -> PreTrainedModel:
-    """The student encoder before any training: random, copied or extracted from the teacher."""
-    teacher, tok = load_encoder(source), load_tokenizer(source)
-    spec = student_spec(config, teacher.config)
-    batches = None
-    if config.student.init == "extract" and config.student.importance_batches:
-        data = tokenize_texts(list(sample_texts)[:2000], tok, config.max_length)
-        batches = importance_batches(data, config.student.importance_batches, tok.pad_token_id or 0)
-    return build_student(spec, teacher, config.student.init, layer_sources, importance_batches=batches)
-
-
-def general_distillation(
-    source: ModelSource,
-    student: PreTrainedModel,
-    pairs: list[tuple[int, int]],
-    texts: Sequence[str],
-    config: DistillConfig,
-    cache_dir: str | Path,
-    out_dir: str | Path,
-) -> PreTrainedModel:
-    """Task-agnostic distillation of ``student`` (an encoder) from the pre-trained teacher on ``texts``."""
-    teacher, tok = load_encoder(source), load_tokenizer(source)
-    data = tokenize_texts(texts, tok, config.max_length, cache_dir)
-    fields = sorted(teacher_fields(config.general.losses))
-    cache = teacher_cache(teacher, source.identity(), data, config.max_length, fields, cache_dir)
-    del teacher  # a warm cache is all the distiller needs
-    result = Distiller(student, CachedTeacher(cache), pairs, config.general).fit(
-        data, Path(out_dir) / "general", tok.pad_token_id or 0, desc="general distillation"
-    )
-    log.info("general distillation: %d steps, loss %.4f, %.0fs", result.steps, result.loss, result.seconds)
-    return student
-
-
-def _label_as(cfg: PretrainedConfig, teacher_config: PretrainedConfig) -> None:
-    names: Any = teacher_config.id2label
-    cfg.id2label = {int(k): str(v) for k, v in names.items()}
-    cfg.label2id = {str(v): int(k) for k, v in names.items()}
-    cfg.problem_type = teacher_config.problem_type
-
-
-def with_head(encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
-    """A sequence-classification student whose encoder is ``encoder``'s weights, labelled as the teacher
-    (a BERT, or any registered encoder such as a NAS-BERT student)."""
-    if encoder.config.model_type != "bert":  # NAS-BERT, Kronecker BERT: their own registered heads
-        cfg = type(encoder.config).from_dict(encoder.config.to_dict())
-        _label_as(cfg, teacher_config)
-        torch.manual_seed(0)
-        head = AutoModelForSequenceClassification.from_config(cfg)
-        head.base_model.load_state_dict(encoder.state_dict())
-        return head
-    cfg = BertConfig.from_dict(encoder.config.to_dict())
-    _label_as(cfg, teacher_config)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(cfg)
-    model.bert.load_state_dict(encoder.state_dict())
-    return model
+    general_steps: int | None
+    """Steps of general distillation; None: no general stage (the student starts its task stages as
+    it was built)."""
+    task_steps: int
+    task_mode: Literal["distil", "finetune"] = "distil"
+    """``distil``: task distillation; ``finetune``: fine-tuning on the labels (no teacher)."""
 
 
 @dataclass
 class TaskOutcome:
+    """A task stage's model, its dev metrics and training figures, and the inputs it was scored on."""
+
     model: PreTrainedModel
-    result: EvalResult
+    metrics: dict[str, float]
     figures: dict[str, float]
+    inputs: TaskInputs
+
+    @property
+    def score(self) -> float:
+        return task_score(self.metrics)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"score": self.score, "metrics": self.metrics, **self.figures}
 
 
-def task_distillation(
-    student_encoder: PreTrainedModel,
-    teacher_path: Path,
-    teacher_id: str,
-    task: GlueTask,
-    pairs: list[tuple[int, int]],
+class Distillation:
+    """One student (``record``) distilled over the layer ``pairs`` from the ``data`` prepared for it, with
+    ``config``'s stages.
+
+    With ``folder``: the general encoder is saved in ``folder/general``, each task model in
+    ``folder/<task>`` (with its ``student.json``), checkpoints in ``folder/checkpoint-*``; a finished stage
+    is read back. With ``budget``: step budgets, nothing saved."""
+
+    def __init__(
+        self,
+        record: StudentRecord,
+        pairs: Pairs,
+        data: PreparedData,
+        config: DistillConfig,
+        folder: Path | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        self.record, self.data, self.config = record, data, config
+        self.kind = record.kind
+        self.pairs = [p for p in pairs if p[0] > 0 or self.kind.matches_embeddings]
+        self.folder, self.budget = folder, budget
+        self._encoder: PreTrainedModel | None = None
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return self.data.tokenizer()
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def initial(self) -> PreTrainedModel:
+        """The student's encoder before any training: built from the teacher as its kind builds it."""
+        spec, targets = self.record.spec, dict(self.pairs)
+        sources = [targets.get(m) for m in range(1, spec.layers + 1)]
+        teacher = self.data.teacher_model() if self.kind.builds_from_teacher else None
+        return self.kind.build(spec, teacher, self.record.init, sources, self.data.scores(), self.data.seed)  # type: ignore[arg-type]
+
+    def stage(self, settings: DistillSettings, steps: int | None) -> DistillSettings:
+        """A stage's settings: the losses the student's kind can serve, and the budget's steps."""
+        update: dict[str, Any] = {"losses": self.kind.settings(settings.losses)}
+        if self.budget is not None:
+            update |= {"steps": steps, "checkpoint_every": 0}
+        return settings.model_copy(update=update)
+
+    def checkpoint(self, name: str) -> Path | None:
+        return self.folder / f"checkpoint-{name}" if self.folder is not None else None
+
+    # ------------------------------------------------------------------ general distillation
+
+    def general(self, encoder: PreTrainedModel | None = None) -> dict[str, Any]:
+        """General distillation of ``encoder`` (default: the initial one) on the corpus sample; its
+        outcome (loss, steps, seconds). A finished one in ``folder`` is read back."""
+        saved = self.folder / "general" if self.folder is not None else None
+        if saved is not None and (saved / "general.json").is_file():
+            log.info("general distillation: finished earlier (%s)", saved)
+            return dict(json.loads((saved / "general.json").read_text()))
+        if self.data.corpus is None:
+            raise ValueError("general distillation needs a prepared corpus")
+        seed_everything(self.data.seed)
+        encoder = encoder if encoder is not None else self.initial()
+        steps = self.budget.general_steps if self.budget is not None else None
+        result = Distiller(
+            encoder, self.data.corpus.teacher(), self.pairs, self.stage(self.config.general, steps)
+        ).fit(
+            self.data.corpus.dataset(), self.checkpoint("general"), self.pad_id, desc="general distillation"
+        )
+        log.info(
+            "general distillation: %d steps, loss %.4f, %.0fs", result.steps, result.loss, result.seconds
+        )
+        outcome = {"loss": result.loss, "steps": result.steps, "train_seconds": result.seconds}
+        if saved is not None:
+            with atomic_dir(saved) as tmp:
+                encoder.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                atomic_write_json(tmp / "general.json", outcome)
+        self._encoder = encoder
+        return outcome
+
+    def encoder(self) -> PreTrainedModel:
+        """The encoder the task stages start from: the general one (in memory or saved), or the initial
+        one when the budget has no general stage."""
+        if self._encoder is not None:
+            return self._encoder
+        if self.budget is not None and self.budget.general_steps is None:
+            seed_everything(self.data.seed)
+            self._encoder = self.initial()
+        elif self.folder is not None and (self.folder / "general" / "general.json").is_file():
+            self._encoder = AutoModel.from_pretrained(self.folder / "general", attn_implementation="eager")
+        else:
+            self.general()
+        assert self._encoder is not None
+        return self._encoder
+
+    # ------------------------------------------------------------------ task stages
+
+    def inputs(self, name: str, tests: bool = False) -> TaskInputs:
+        task, tok = self.data.task(name).task, self.tokenizer
+        return TaskInputs(
+            self.data.train_split(task, tok),
+            [self.data.split(task, s, tok) for s in task.eval_splits],
+            [self.data.split(task, s, tok) for s in task.test_splits] if tests else [],
+        )
+
+    def task(self, name: str, tests: bool = False) -> TaskOutcome:
+        """TinyBERT's task stages on ``name`` (intermediate layers, then the prediction layer) from the
+        encoder, then dev scores; with the budget's ``finetune`` mode, fine-tuning on labels instead."""
+        encoder = self.encoder()
+        seed_everything(self.data.seed)
+        entry = self.data.task(name)
+        task, teacher_config = entry.task, entry.teacher_config()
+        model, inputs = self.kind.for_task(
+            kind_of_model(encoder).with_head(encoder, teacher_config),
+            self.record.spec,
+            self.inputs(name, tests),
+            entry.store,
+            int(teacher_config.hidden_size),
+            self.data.glue_dir,
+            self.data.train_limit,
+        )
+        if self.budget is not None and self.budget.task_mode == "finetune":
+            settings = self.config.baseline.model_copy(
+                update={
+                    "max_steps": self.budget.task_steps,
+                    "max_length": self.data.max_length,
+                    "seed": self.data.seed,
+                }
+            )
+            return self.finetuned(model, inputs, settings)
+        steps = self.budget.task_steps if self.budget is not None else None
+        stages = TaskDistillConfig(
+            intermediate=self.stage(self.config.task.intermediate, steps),
+            prediction=self.stage(self.config.task.prediction, steps),
+        )
+        results = distill_task(
+            model,
+            entry.teacher(),
+            inputs.train.dataset,
+            self.pairs,
+            stages,
+            task.is_regression,
+            self.checkpoint(name),
+            self.pad_id,
+        )
+        figures = {f"{k}_loss": r.loss for k, r in results.items()} | {
+            f"{k}_seconds": r.seconds for k, r in results.items()
+        }
+        return TaskOutcome(model, evaluate(model, inputs.evals, pad_id=self.pad_id).metrics, figures, inputs)
+
+    def finetuned(self, model: PreTrainedModel, inputs: TaskInputs, settings: TrainSettings) -> TaskOutcome:
+        model = model.to(default_device())  # type: ignore[arg-type]
+        figures = train(model, inputs.train, settings, self.pad_id)
+        return TaskOutcome(model, evaluate(model, inputs.evals, pad_id=self.pad_id).metrics, figures, inputs)
+
+    def baseline(self, name: str, encoder: PreTrainedModel) -> TaskOutcome:
+        """The comparison: ``encoder`` (the student before distillation) fine-tuned on the labels alone,
+        with the ``baseline`` settings."""
+        entry = self.data.task(name)
+        settings = self.config.baseline.model_copy(
+            update={"max_length": self.config.max_length, "train_limit": self.config.train_limit}
+        )
+        model = kind_of_model(encoder).with_head(encoder, entry.teacher_config())
+        return self.finetuned(model, self.inputs(name), settings)
+
+    def saved_task(
+        self, name: str, predictions: bool = True, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The task stage's outcome, its model saved in ``folder/<name>`` with the tokenizer, its
+        ``student.json`` and (``predictions``) the GLUE test-set files; a finished one is read back."""
+        assert self.folder is not None, "saved_task needs a folder"
+        target = self.folder / name
+        if (target / "student.json").is_file():
+            return dict(json.loads((target / "student.json").read_text())["outcome"])
+        outcome = self.task(name, tests=predictions)
+        entry = self.data.task(name)
+        record = {
+            "student": self.record.to_json(),
+            "task": name,
+            "teacher": entry.teacher_path,
+            "max_length": self.data.max_length,
+            "seed": self.data.seed,
+            "outcome": outcome.to_json(),
+            **(extra or {}),
+        }
+        with atomic_dir(target) as tmp:
+            outcome.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            for split in outcome.inputs.tests:
+                logits, idx = predict(outcome.model, split, pad_id=self.pad_id)
+                labels = predictions_to_labels(entry.task, logits)
+                write_submission(entry.task, split.split, idx, labels, tmp / "predictions")
+            atomic_write_json(tmp / "student.json", record)
+        return outcome.to_json()
+
+
+def distil(
+    record: StudentRecord,
+    pairs: Pairs,
+    data: PreparedData,
     config: DistillConfig,
-    glue_dir: str | Path | None,
-    cache_dir: str | Path,
-    out_dir: str | Path,
-) -> TaskOutcome:
-    """TinyBERT's two task stages from the fine-tuned teacher at ``teacher_path``, then dev scores."""
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, attn_implementation="eager")
-    tok = load_tokenizer(ModelSource(str(teacher_path), str(teacher_path), True, True))
-    train_split = tokenize_split(
-        task, task.train_split or "train", tok, config.max_length, glue_dir, cache_dir, config.train_limit
-    )
-    data = train_split.dataset
-    weights = {**config.task.intermediate.losses, **config.task.prediction.losses}
-    refs = student_spec(config, teacher.config).references
-    fields = sorted(teacher_fields(weights) | {"logits"} | ({"hidden"} if refs else set()))
-    cache = teacher_cache(teacher, teacher_id, data, config.max_length, fields, cache_dir)
-    evals = [tokenize_split(task, s, tok, config.max_length, glue_dir, cache_dir) for s in task.eval_splits]
-    student = with_head(student_encoder, teacher.config)
-    if refs:  # the pool is the training rows; each row's reference is another one of them
-        texts = example_texts(task, task.train_split or "train", glue_dir, config.train_limit)
-        store = task_store(cache, texts, teacher_id, refs["teacher_layer"], refs["tokens"], Path(cache_dir))
-        data = referenced_split(store, train_split, glue_dir, config.train_limit).dataset
-        evals = [referenced_split(store, e, glue_dir) for e in evals]
-        width = int(teacher.config.hidden_size)
-        student = referenced(student, width, refs["teacher_layer"], refs["tokens"])  # type: ignore[arg-type]
-        student.attach(store)
-    results = distill_task(
-        student,
-        CachedTeacher(cache),
-        data,
-        pairs,
-        config.task,
-        regression=task.is_regression,
-        checkpoint_dir=Path(out_dir) / task.name,
-        pad_id=tok.pad_token_id or 0,
-    )
-    figures = {f"{k}_loss": r.loss for k, r in results.items()} | {
-        f"{k}_seconds": r.seconds for k, r in results.items()
-    }
-    return TaskOutcome(student, evaluate(student, evals), figures)
+    tasks: list[str],
+    folder: Path | None = None,
+    budget: Budget | None = None,
+) -> dict[str, dict[str, Any]]:
+    """General distillation (unless the budget skips it), then every task: each task's outcome (score,
+    metrics, figures). With ``folder`` the models are saved there (see :class:`Distillation`)."""
+    run = Distillation(record, pairs, data, config, folder, budget)
+    if budget is None or budget.general_steps is not None:
+        run.general()
+    if folder is not None:
+        return {t: run.saved_task(t, predictions=False) for t in tasks}
+    return {t: run.task(t).to_json() for t in tasks}
 
 
-def plain_finetune(
-    student_encoder: PreTrainedModel,
-    teacher_path: Path,
+def evaluate_model(
+    source: ModelSource,
     task: GlueTask,
-    config: DistillConfig,
-    glue_dir: str | Path | None,
-    cache_dir: str | Path,
-) -> TaskOutcome:
-    """The baseline: the same student fine-tuned on gold labels only (no teacher), then dev scores."""
-    teacher_config = AutoModelForSequenceClassification.from_pretrained(teacher_path).config
-    tok = load_tokenizer(ModelSource(str(teacher_path), str(teacher_path), True, True))
-    settings = config.baseline.model_copy(
-        update={"max_length": config.max_length, "train_limit": config.train_limit}
-    )
-    data = tokenize_split(
-        task, task.train_split or "train", tok, settings.max_length, glue_dir, cache_dir, settings.train_limit
-    )
-    student = with_head(student_encoder, teacher_config).to(default_device())  # type: ignore[arg-type]
-    figures = train(student, data, settings, tok.pad_token_id or 0)
-    evals = [tokenize_split(task, s, tok, config.max_length, glue_dir, cache_dir) for s in task.eval_splits]
-    return TaskOutcome(student, evaluate(student, evals), figures)
+    settings: TrainSettings,
+    glue_dir: Path | None,
+    cache_dir: Path,
+    do_train: bool = True,
+    predictions: Path | None = None,
+) -> tuple[EvalResult, dict[str, float], list[Path]]:
+    """Fine-tune any model (a name, a folder, a saved student) on ``task``'s train split, or only score it
+    (``do_train`` off), on every eval split; with ``predictions``, write the test-set files there. A saved
+    student reads splits as its kind does (a referenced one retrieves its references)."""
+    if not do_train and not has_head_for(source, task):
+        raise UserError(
+            f"{source.name}: has no trained {task.name} head ({task.num_labels} labels); drop --no-train"
+        )
+    tok = load_tokenizer(source)
+    net = load_for_task(source, task, settings.seed)
+    reads = kind_of_model(net).split_inputs(net, glue_dir)
+    result, figures = finetune_and_evaluate(net, tok, task, settings, glue_dir, cache_dir, do_train, reads)
+    written: list[Path] = []
+    for split in task.test_splits if predictions is not None else ():
+        tokenized = tokenize_split(task, split, tok, settings.max_length, glue_dir, cache_dir)
+        tokenized = reads(tokenized, None) if reads is not None else tokenized
+        logits, idx = predict(net, tokenized, settings.eval_batch_size, tok.pad_token_id or 0)
+        labels = predictions_to_labels(task, logits)
+        written.append(write_submission(task, split, idx, labels, predictions or Path()))
+    return result, figures, written

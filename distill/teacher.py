@@ -25,7 +25,7 @@ from transformers import (
 )
 
 # students of every kind load through the Auto classes: register the NAS-BERT, Kronecker and referenced BERTs
-from distilnas.distill import kronecker, nas_bert, references  # noqa: F401  (registration)
+from distilnas.distill import kronecker, nas_bert, referenced_bert  # noqa: F401  (registration)
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError
@@ -117,7 +117,8 @@ def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = True) -> PreTr
     return tok
 
 
-def load_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:
+def model_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:
+    """The model's transformers config (no weights are read), with eager attention."""
     config = AutoConfig.from_pretrained(source.location, **overrides)
     config._attn_implementation = "eager"
     return config
@@ -136,7 +137,7 @@ def load_encoder(
     if not allow_random:
         raise UserError(f"{source.location}: no weights in the model folder")
     log.warning("%s has no weights: building it from its config with random initialisation", source.name)
-    config = load_config(source)
+    config = model_config(source)
     config._attn_implementation = attention
     return AutoModel.from_config(config)
 
@@ -152,7 +153,7 @@ def load_for_task(source: ModelSource, task: GlueTask, seed: int = 0) -> PreTrai
         kwargs["id2label"] = dict(enumerate(task.label_names))
         kwargs["label2id"] = {n: i for i, n in enumerate(task.label_names)}
     kwargs["problem_type"] = "regression" if task.is_regression else "single_label_classification"
-    config = load_config(source, **kwargs)
+    config = model_config(source, **kwargs)
     if not source.has_weights:
         return AutoModelForSequenceClassification.from_config(config)
     return AutoModelForSequenceClassification.from_pretrained(source.location, config=config)
@@ -184,6 +185,15 @@ def teacher_fingerprint(
 ) -> str:
     train_id = split_source_id(task, task.train_split, glue_dir) if task.train_split else None
     return fingerprint("teacher-v1", source.identity(), task.name, train_id, settings.model_dump())
+
+
+def saved_teacher(path: Path) -> FineTunedTeacher:
+    """A fine-tuned teacher in the cache, read back (never trained: a missing one is an error)."""
+    record_file = Path(path) / "teacher.json"
+    if not record_file.is_file():
+        raise UserError(f"{path}: the fine-tuned teacher is gone from the cache (no teacher.json)")
+    record = json.loads(record_file.read_text())
+    return FineTunedTeacher(Path(path), record["task"], record["fingerprint"], record["metrics"], record)
 
 
 def fine_tuned_teacher(

@@ -23,7 +23,7 @@ from distilnas.distill.measure import device_name, trimmed_mean
 from distilnas.distill.nas_bert import IDENTITY, OPERATIONS, NasBertModel, SlicedEmbeddings, SlicedLinear
 from distilnas.distill.utils import default_device
 from distilnas.spaces.nas_space import BlockPath, NasSpace
-from distilnas.spaces.supernet import student_config
+from distilnas.spaces.supernet import nas_config
 
 
 @dataclass
@@ -94,7 +94,7 @@ def measure_table(
     # of the smallest parts is timed with them, and what its parts do not explain is the overhead.
     first = (space.operations[0],) + (IDENTITY,) * (space.block_layers - 1)
     smallest = [BlockPath(min(space.hidden_sizes), first)] * space.blocks
-    model: Any = NasBertModel(student_config(space, smallest))
+    model: Any = NasBertModel(nas_config(space, smallest))
     model = model.to(device).eval()
     jobs.append(("model", partial(model, ids, mask.long())))
     # Round robin: each part is timed right after a different one, as inside a model, so it meets caches

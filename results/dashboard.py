@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
+
+import optuna
 
 from distilnas.distill.errors import UserError
-from distilnas.results.storage import run_storage
 
 
 def port_free(host: str, port: int) -> bool:
@@ -18,13 +18,12 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def serve(run: Path, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(storage: optuna.storages.BaseStorage, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the dashboard until interrupted; a port in use is a clear error before anything starts."""
     try:
         from optuna_dashboard import run_server
     except ImportError:
         raise UserError("the dashboard needs optuna-dashboard (pip install 'distilnas[dashboard]')") from None
-    storage = run_storage(run)
     if not port_free(host, port):
         raise UserError(f"--port {port}: already in use on {host}")
     run_server(storage, host=host, port=port)

@@ -1,9 +1,11 @@
-"""The run's report: one self-contained HTML page (plotly.js inlined once).
+"""The reports: self-contained HTML pages (plotly.js inlined once).
 
-Sections: the Pareto front (parameters and latency against the GLUE average), the mapping search's
-convergence, the supernet front (when the run has one), and the GLUE table of every student beside the
-teacher with speed-ups. PNG copies of the figures are written when kaleido finds a Chrome; the page says
-when it did not.
+- the run's report (``report.html``): the Pareto front (parameters and latency against the GLUE
+  average), the mapping search's convergence, and the GLUE table of every student beside the teacher
+  with speed-ups. PNG copies of the figures are written when kaleido finds a Chrome; the page says when
+  it did not;
+- the mapping search's report (``search-mapping/report.html``): its convergence per generation and a
+  heatmap of the mappings it tried.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from distilnas.distill.utils import atomic_write_text
+from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ def write_png(figures: dict[str, go.Figure], folder: Path) -> str:
     return f"PNG copies: {', '.join(f'{n}.png' for n in figures)} beside this page."
 
 
-def write_report(
+def write_run_report(
     path: Path,
     table: pd.DataFrame,
     tasks: list[str],
@@ -143,4 +147,49 @@ def write_report(
         + "</body></html>"
     )
     atomic_write_text(path, page)
+    return path
+
+
+@dataclass(frozen=True)
+class SearchTrial:
+    """One evaluated mapping, as the search report shows it."""
+
+    mapping: str
+    fitness: float
+    source: str | None
+
+
+def write_search_report(path: Path, results: dict[str, Any], trials: list[SearchTrial]) -> Path:
+    """The mapping search's page: convergence per generation and a heatmap of the mappings tried."""
+    from plotly.subplots import make_subplots
+
+    book = results["ga"]["logbook"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("GA convergence (proxy fitness)", "mappings tried"))
+    gens = [b["generation"] for b in book]
+    fig.add_trace(go.Scatter(x=gens, y=[b["best"] for b in book], name="best", mode="lines+markers"), 1, 1)
+    fig.add_trace(go.Scatter(x=gens, y=[b["mean"] for b in book], name="mean", mode="lines+markers"), 1, 1)
+    for name, value in results["baselines"].items():
+        if value is not None:
+            fig.add_hline(y=value, line_dash="dot", annotation_text=name, row=1, col=1)
+    if results.get("random", {}).get("best"):
+        fig.add_hline(
+            y=results["random"]["best"]["fitness"], line_dash="dash", annotation_text="random", row=1, col=1
+        )
+    trials = sorted(trials, key=lambda t: t.fitness)
+    layers = results["space"]["student_layers"]
+    z = [[g or 0 for g in LayerMapping.from_string(t.mapping).targets] for t in trials]
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=[f"student layer {i + 1}" for i in range(layers)],
+            y=[f"{t.mapping} ({t.fitness:.2f}, {t.source})" for t in trials],
+            colorscale="Viridis",
+            colorbar={"title": "teacher layer"},
+        ),
+        1,
+        2,
+    )
+    fig.update_xaxes(title_text="generation", row=1, col=1)
+    fig.update_layout(title="distilnas layer-mapping search", height=max(500, 18 * len(trials)))
+    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return path

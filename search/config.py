@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from distilnas.distill.config import (
     DataConfig,
     DistillConfig,
+    LatencyConfig,
     Strict,
     TaskName,
     TeacherConfig,
@@ -99,16 +100,6 @@ class SupernetSearchConfig(Strict):
 class SearchConfig(Strict):
     mapping: MappingSearchConfig = MappingSearchConfig()
     supernet: SupernetSearchConfig = SupernetSearchConfig()
-
-
-class LatencyConfig(Strict):
-    """How students and the teacher are timed: batch 1, sequence 128 on this device by default."""
-
-    batch_size: int = Field(1, gt=0)
-    seq_len: int = Field(128, gt=0)
-    threads: int | None = Field(None, gt=0)
-    """torch CPU threads (default: torch's)."""
-    repeats: int = Field(50, gt=0)
 
 
 class FinalConfig(Strict):

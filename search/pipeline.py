@@ -10,71 +10,64 @@ refused. A search runs only when ``final.students`` asks for its students (``sea
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distilnas.distill.errors import UserError
 from distilnas.distill.glue import get_task
-from distilnas.distill.teacher import fine_tuned_teacher, resolve
-from distilnas.distill.utils import atomic_write_json
-from distilnas.results.storage import open_storage
+from distilnas.distill.teacher import FineTunedTeacher, fine_tuned_teacher, resolve
+from distilnas.results.export import export_students
+from distilnas.results.report import write_run_report
+from distilnas.results.table import front_hypervolume, results_table, write_table
 from distilnas.search.config import RunConfig
-from distilnas.search.mapping_search import check_run_folder, run_mapping_search
+from distilnas.search.rundir import Folder, RunFolder
+from distilnas.search.stages.final import run_final, scored
+from distilnas.search.stages.mapping import run_mapping_search
+from distilnas.search.stages.supernet import run_supernet_search
+from distilnas.search.tune import init_ray
 
 log = logging.getLogger(__name__)
 
 
-def recorded_config(run: Path) -> RunConfig:
-    """The config a run folder was made with."""
-    record = run / "config.json"
-    if not record.is_file():
-        raise UserError(f"{run}: not a distilnas run folder (no config.json)")
-    return RunConfig.model_validate(json.loads(record.read_text())["config"])
-
-
-def teachers(cfg: RunConfig) -> dict[str, dict[str, float]]:
-    """Fine-tune the teacher on every proxy and final task (each once, cached)."""
+def fine_tuned(cfg: RunConfig, tasks: list[str]) -> dict[str, tuple[FineTunedTeacher, bool]]:
+    """The config's teacher fine-tuned on each task (from the cache when it was trained before), and
+    whether it came from the cache; every task name is checked first."""
+    names = list(dict.fromkeys(get_task(t).name for t in tasks))
     source = resolve(cfg.teacher.name)
     out = {}
-    for name in dict.fromkeys([*cfg.proxy.tasks, *cfg.final.tasks]):
+    for name in names:
         ft, cached = fine_tuned_teacher(
             source, get_task(name), cfg.teacher.settings_for(name), cfg.data.glue_dir, cfg.cache_dir
         )
-        log.info("teacher on %s: %s%s", name, ft.metrics, " (cached)" if cached else "")
-        out[name] = ft.metrics
+        log.info("teacher %s on %s: %s%s", source.name, name, ft.metrics, " (cached)" if cached else "")
+        out[name] = (ft, cached)
     return out
 
 
 def search_stage(
-    cfg: RunConfig, kind: str, search: Callable[..., dict[str, Any]], address: str | None
+    cfg: RunConfig, stage: Folder, search: Callable[..., dict[str, Any]], address: str | None
 ) -> dict[str, Any]:
-    """A search's results: read from ``search-<kind>/results.json`` when it finished earlier, else run
-    (resuming when it has started)."""
-    folder = cfg.output_dir / f"search-{kind}"
-    done = folder / "results.json"
-    if done.is_file():
-        log.info("%s search: finished earlier (%s)", kind, done)
-        return dict(json.loads(done.read_text()))
-    return search(cfg, resume=(folder / "config.json").is_file(), address=address)
+    """A search's results: read from its ``results.json`` when it finished earlier, else run (resuming
+    when it has started)."""
+    if stage.finished:
+        log.info(
+            "%s search: finished earlier (%s)", stage.path.name.removeprefix("search-"), stage.results_file
+        )
+        return stage.results()
+    return search(cfg, resume=stage.started, address=address)
 
 
-def finish(
-    cfg: RunConfig, search: dict[str, Any] | None, final: dict[str, Any], dest: Path
-) -> dict[str, Any]:
+def finish(cfg: RunConfig, run: RunFolder, search: dict[str, Any] | None, dest: Path) -> dict[str, Any]:
     """Table, exports and report from a finished final stage (also ``distilnas export`` / ``report``)."""
-    from distilnas.results.export import export_students
-    from distilnas.results.report import write_report
-    from distilnas.results.table import front_hypervolume, measurements, results_table, write_table
-
-    table = results_table(cfg, final)
-    write_table(table, cfg.output_dir / "results")
-    exports = export_students(cfg, table, final, measurements(cfg, final), dest)
+    done = scored(cfg, run, run.final.results())
+    table = results_table(done.teacher, done.students, done.tasks)
+    write_table(table, run.results_dir)
+    exports = export_students(table, done.sources, done.tasks, done.provenance, dest, cfg.final.export_front)
     notes = {"latency": cfg.final.latency.model_dump(), "hypervolume": front_hypervolume(table)}
-    report = write_report(cfg.output_dir / "report.html", table, list(final["tasks"]), search, exports, notes)
+    report = write_run_report(run.report, table, done.tasks, search, exports, notes)
     return {
+        "tasks": done.tasks,
         "report": str(report),
         "exports": [str(e) for e in exports],
         "table": table.drop(columns=["metrics"]).to_dict(orient="records"),
@@ -83,27 +76,21 @@ def finish(
 
 
 def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    from distilnas.search.final import run_final
-    from distilnas.search.tune_runner import init_ray
-
-    check_run_folder(cfg.output_dir, cfg, resume)
-    storage = open_storage(cfg.storage.url, cfg.output_dir)
+    run = RunFolder.of(cfg)
+    run.check(cfg, resume)
+    storage = run.storage(cfg.storage.url)
     init_ray(address or cfg.ray.address)  # an unreachable cluster fails here, before any work
-    atomic_write_json(
-        cfg.output_dir / "config.json", {"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
-    )
+    run.record(cfg)
     log.info("stage 1/4: teachers")
-    teachers(cfg)
+    fine_tuned(cfg, [*cfg.proxy.tasks, *cfg.final.tasks])
     search = None
     if "searched" in cfg.final.students:
         log.info("stage 2/4: layer-mapping search")
-        search = search_stage(cfg, "mapping", run_mapping_search, address)
+        search = search_stage(cfg, run.mapping, run_mapping_search, address)
     if "supernet" in cfg.final.students:
-        from distilnas.search.supernet_search import run_supernet_search
-
         log.info("stage 2/4: architecture (supernet) search")
-        search_stage(cfg, "supernet", run_supernet_search, address)
+        search_stage(cfg, run.supernet, run_supernet_search, address)
     log.info("stage 3/4: final distillation")
-    final = run_final(cfg, search, storage, address)
+    run_final(cfg, search, storage, address)
     log.info("stage 4/4: results, exports, report")
-    return finish(cfg, search, final, cfg.output_dir / "exports")
+    return finish(cfg, run, search, run.exports)

@@ -3,7 +3,7 @@
 A genome is a list of M genes, gene m in 0..N: the teacher layer of student layer m+1, 0 for none.
 Variation uses DEAP's own operators (one-point and uniform crossover) and two mutations (reset a gene,
 shift it by one). Constraints are separate, switchable objects (monotone, no repeated teacher layer,
-no unsupervised layer) with a check and a repair; :class:`Constrained` applies them around any
+no unsupervised layer) with a check and a repair; :class:`Variation` applies them around any
 variation, so strategies stay free of constraint ``if``s.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import product
 
 from deap import tools
 
 from distilnas.distill.errors import UserError
+from distilnas.spaces.base import Genome, ParamChoices
 from distilnas.spaces.mapping import LayerMapping, monotone
-
-Genome = list[int]
 
 
 class Constraint:
@@ -113,6 +113,23 @@ class MappingSpace:
     def decode(self, genome: Sequence[int]) -> LayerMapping:
         return LayerMapping(tuple(g or None for g in genome), self.teacher_layers)
 
+    def describe(self, genome: Sequence[int]) -> str:
+        return str(self.decode(genome))
+
+    def read(self, text: str) -> Genome:
+        mapping = LayerMapping.from_string(text, self.teacher_layers)
+        if mapping.student_layers != self.student_layers:
+            raise UserError(
+                f"mapping {text!r}: {mapping.student_layers} student layers, "
+                f"the space has {self.student_layers}"
+            )
+        return self.encode(mapping)
+
+    def trial_params(self, genome: Sequence[int]) -> dict[str, tuple[int | str, ParamChoices]]:
+        """``student_layer_<m>``: the teacher layer of student layer m (0: none)."""
+        choices = range(self.teacher_layers + 1)
+        return {f"student_layer_{m}": (int(g), choices) for m, g in enumerate(genome, start=1)}
+
     # ------------------------------------------------------------------ constraints
 
     def valid(self, genome: Sequence[int]) -> bool:
@@ -142,11 +159,21 @@ class MappingSpace:
         op = mut_reset if rng.random() < 0.5 else mut_shift
         return op(list(genome), self.teacher_layers, indpb, rng)
 
-    def size(self) -> int:
-        """How many valid genomes there are (by enumeration; the space is small)."""
-        from itertools import product
+    def all(self) -> list[Genome]:
+        """Every valid genome, in lexicographic order (by enumeration; the space is small)."""
+        genes = range(self.teacher_layers + 1)
+        return [list(g) for g in product(genes, repeat=self.student_layers) if self.valid(g)]
 
-        return sum(self.valid(g) for g in product(range(self.teacher_layers + 1), repeat=self.student_layers))
+    def size(self) -> int:
+        """How many valid genomes there are."""
+        return len(self.all())
+
+    def smallest(self) -> Genome:
+        """Every mapping of the space trains the same student: the first valid genome."""
+        found = self.all()
+        if not found:
+            raise UserError("mapping constraints leave no valid mapping")
+        return found[0]
 
 
 def mut_reset(genome: Genome, n: int, indpb: float, rng: random.Random) -> Genome:
@@ -171,7 +198,7 @@ CROSSOVERS: dict[str, Callable[[Genome, Genome], tuple[Genome, Genome]]] = {
 
 
 @dataclass
-class Constrained:
+class Variation:
     """Variation under constraints: offspring are repaired, and resampled when repair cannot help."""
 
     space: MappingSpace

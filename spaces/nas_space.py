@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from distilnas.distill import nas_bert
 from distilnas.distill.errors import UserError
 from distilnas.distill.nas_bert import IDENTITY, block_parameters
+from distilnas.spaces.base import ParamChoices
 
 OPERATIONS: tuple[str, ...] = tuple(nas_bert.OPERATIONS)  # mha, ffn, conv3, conv5, conv7
 
@@ -205,11 +206,11 @@ class NasSpace:
         """Uniform over the block's paths."""
         return self.block_at(rng.randrange(self.block_count()))
 
-    def sample(self, rng: random.Random) -> list[BlockPath]:
+    def sample_path(self, rng: random.Random) -> list[BlockPath]:
         """Uniform over the network's paths (blocks are independent)."""
         return [self.sample_block(rng) for _ in range(self.blocks)]
 
-    def mutate(self, path: Sequence[BlockPath], rng: random.Random) -> list[BlockPath]:
+    def mutate_path(self, path: Sequence[BlockPath], rng: random.Random) -> list[BlockPath]:
         """Change one block: its hidden size, one of its operations, or its depth; stays in the space."""
         out = list(path)
         i = rng.randrange(self.blocks)
@@ -229,3 +230,40 @@ class NasSpace:
             ops += [rng.choice(self.operations) for _ in range(depth - len(ops))]
             out[i] = BlockPath(block.hidden, tuple(ops) + (IDENTITY,) * (self.block_layers - depth))
         return out
+
+    # ------------------------------------------------------------------ the SearchSpace protocol
+
+    def sample(self, rng: random.Random) -> list[int]:
+        return self.encode(self.sample_path(rng))
+
+    def mutate(self, genome: Sequence[int], rng: random.Random) -> list[int]:
+        return self.encode(self.mutate_path(self.decode(genome), rng))
+
+    def describe(self, genome: Sequence[int]) -> str:
+        return self.format(self.decode(genome))
+
+    def read(self, text: str) -> list[int]:
+        return self.encode(self.parse(text))
+
+    def valid(self, genome: Sequence[int]) -> bool:
+        return len(genome) == self.blocks and all(0 <= g < self.block_count() for g in genome)
+
+    def size(self) -> int:
+        return self.count()
+
+    def smallest(self) -> list[int]:
+        """Blocks are independent and their parameters add up: each block's smallest one-layer path."""
+        out = []
+        for position in range(self.blocks):
+            blocks = [
+                BlockPath(h, (op,) + (IDENTITY,) * (self.block_layers - 1))
+                for h in self.hidden_sizes
+                for op in self.operations
+            ]
+            out.append(self.block_index(min(blocks, key=lambda b: self.block_params(position, b))))
+        return out
+
+    def trial_params(self, genome: Sequence[int]) -> dict[str, tuple[int | str, ParamChoices]]:
+        """``block<n>``: the index of block n's path (:meth:`block_at`)."""
+        choices = range(self.block_count())
+        return {f"block{b}": (int(g), choices) for b, g in enumerate(genome, start=1)}

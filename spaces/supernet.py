@@ -79,7 +79,8 @@ def initialise(
         block.out.bias.copy_(mean)
 
 
-def student_config(space: NasSpace, path: Sequence[BlockPath], **extra: Any) -> NasBertConfig:
+def nas_config(space: NasSpace, path: Sequence[BlockPath], **extra: Any) -> NasBertConfig:
+    """The NAS-BERT student config of ``path`` (blocks, the teacher's width and vocabulary)."""
     return NasBertConfig(
         blocks=space.student_blocks(path),
         hidden_size=space.teacher_hidden,
@@ -101,7 +102,7 @@ def extract(
 ) -> NasBertModel:
     """The standalone student of ``path`` carrying the supernet's weights (``blocks``: each supernet
     block's state dict)."""
-    model = NasBertModel(student_config(space, path, **config))
+    model = NasBertModel(nas_config(space, path, **config))
     state = {}
     for name, tensor in model.state_dict().items():
         _, position, rest = name.split(".", 2)  # blocks.<i>.<name inside the block>

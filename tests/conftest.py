@@ -1,4 +1,5 @@
-"""Shared fixtures: the offline data beside the repo and tiny BERTs built from config (no download)."""
+"""Shared fixtures: the offline data beside the repo, tiny BERTs built from config (no download), and the
+one way tests run the ``distilnas`` command (``cli``)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,37 @@ import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-GLUE = SHARED / "glue"
-CORPUS = SHARED / "corpus"
-VOCAB = SHARED / "models" / "bert-uncased-vocab" / "vocab.txt"
+from helpers import CORPUS, GLUE, VOCAB, Cli, Ran, run_process, save_tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture()
+def cli(capfd: pytest.CaptureFixture[str]) -> Cli:
+    """Run a ``distilnas`` command: in this process (fast: imports are paid once), or with
+    ``process=True`` in its own (commands that start Ray, or that a test kills)."""
+
+    def run(*args: str, process: bool = False, timeout: int = 1200, env: dict[str, str] | None = None) -> Ran:
+        if process:
+            return run_process(*args, timeout=timeout, env=env)
+        from distilnas.search.cli import main
+
+        capfd.readouterr()
+        saved = dict(os.environ)
+        os.environ.update(env or {})
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        out = capfd.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -38,27 +61,6 @@ def corpus_dir() -> Path:
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT with random weights and the BERT uncased tokenizer, saved as a folder."""
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), layers=2)
-
-
-def save_tiny_bert(folder: Path, layers: int, hidden: int = 32, heads: int = 2) -> Path:
-    """Save a random-weight BERT of the given shape (FFN 2x hidden) with the BERT uncased tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from distilnas.distill.teacher import wordpiece_tokenizer
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
-    wordpiece_tokenizer(VOCAB).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -1,0 +1,218 @@
+"""The run folder (``output_dir``): the one place its layout, its recorded configs and its study names live.
+
+```
+output_dir/
+  config.json         the config of ``distilnas run`` and its hash (each stage folder records its own too)
+  run.log  optuna.journal (every stage's trials, one study each, unless storage.url names a database)
+  search-mapping/     the layer-mapping search     search-supernet/   the architecture search
+  final/              the final stage              results/  exports/  report.html
+```
+
+A folder belongs to the config that made it: running another config in it, or the same one again without
+``--resume``, is refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from pydantic import ValidationError
+
+from distilnas.distill.config import describe
+from distilnas.distill.errors import ConfigError, UserError
+from distilnas.distill.utils import atomic_write_json
+from distilnas.results.storage import JOURNAL, open_storage
+from distilnas.search.config import RunConfig
+
+CONFIG = "config.json"
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class Studies:
+    """The Optuna study names of a run's stages, all under one prefix (``storage.study_prefix``)."""
+
+    prefix: str
+
+    def name(self, *parts: str) -> str:
+        return "-".join((self.prefix, *parts))
+
+    @property
+    def mapping(self) -> str:
+        return self.name("mapping")
+
+    def fidelity(self, setting: str) -> str:
+        return self.name("fidelity", setting)
+
+    @property
+    def final(self) -> str:
+        return self.name("final")
+
+    @property
+    def final_general(self) -> str:
+        return self.name("final", "general")
+
+    @property
+    def supernet_blocks(self) -> str:
+        return self.name("supernet", "blocks")
+
+    @property
+    def supernet(self) -> str:
+        return self.name("supernet")
+
+    @property
+    def supernet_inherited(self) -> str:
+        return self.name("supernet", "inherited")
+
+    @property
+    def supernet_fidelity(self) -> str:
+        return self.name("supernet", "fidelity")
+
+
+class Folder:
+    """A folder that records the config that made it (``config.json``) and may hold ``results.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def started(self) -> bool:
+        return self.config_file.is_file()
+
+    def check(self, cfg: RunConfig, resume: bool) -> None:
+        """A folder belongs to one config: resuming another's, or overwriting one, is refused."""
+        if self.started:
+            old = self.recorded_hash()
+            if not resume:
+                raise UserError(
+                    f"{self.path}: a run is already here; pass --resume or choose another output_dir"
+                )
+            if old != cfg.config_hash():
+                raise UserError(
+                    f"{self.path}: --resume with another config (hash {old}, this one {cfg.config_hash()})"
+                )
+        elif resume:
+            raise UserError(f"{self.path}: nothing to resume")
+
+    def record(self, cfg: RunConfig) -> None:
+        atomic_write_json(
+            self.config_file, {"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
+        )
+
+    def _recorded(self) -> dict[str, Any]:
+        if not self.started:
+            raise UserError(f"{self.path}: not a distilnas run folder (no {CONFIG})")
+        try:
+            return dict(json.loads(self.config_file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.config_file}: unreadable ({exc})") from None
+
+    def recorded_hash(self) -> str:
+        return str(self._recorded()["hash"])
+
+    def recorded_config(self) -> RunConfig:
+        """The config the folder was made with."""
+        try:
+            return RunConfig.model_validate(self._recorded()["config"])
+        except ValidationError as exc:
+            raise ConfigError(f"{self.config_file}: {describe(exc)}") from None
+
+    def recorded_storage_url(self) -> str | None:
+        url = self._recorded()["config"].get("storage", {}).get("url")
+        return str(url) if url else None
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def finished(self) -> bool:
+        return self.results_file.is_file()
+
+    def results(self) -> dict[str, Any]:
+        if not self.finished:
+            raise UserError(f"{self.path}: has not finished (no {RESULTS})")
+        return dict(json.loads(self.results_file.read_text()))
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_json(self.results_file, results)
+
+
+class RunFolder(Folder):
+    """A run's folder and its stage folders (see the module docstring)."""
+
+    def __init__(self, path: Path, prefix: str = "distilnas") -> None:
+        super().__init__(path)
+        self.studies = Studies(prefix)
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RunFolder:
+        return cls(cfg.output_dir, cfg.storage.study_prefix)
+
+    @classmethod
+    def existing(cls, path: Path) -> RunFolder:
+        """A run folder made earlier, with the study prefix it recorded."""
+        if not path.is_dir():
+            raise UserError(f"{path}: run folder not found")
+        run = cls(path)
+        for folder in run.recorded_folders():
+            return cls(path, folder.recorded_config().storage.study_prefix)
+        return run
+
+    @property
+    def mapping(self) -> Folder:
+        return Folder(self.path / "search-mapping")
+
+    @property
+    def supernet(self) -> Folder:
+        return Folder(self.path / "search-supernet")
+
+    @property
+    def final(self) -> Folder:
+        return Folder(self.path / "final")
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path / "results"
+
+    @property
+    def exports(self) -> Path:
+        return self.path / "exports"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "run.log"
+
+    def recorded_folders(self) -> list[Folder]:
+        """The run's own folder and its stage folders that recorded a config, the run's first."""
+        return [f for f in (self, self.mapping, self.supernet, self.final) if f.started]
+
+    def storage(self, url: str | None) -> optuna.storages.BaseStorage:
+        """The run's Optuna storage: the journal file in the folder, or the RDB at ``url``."""
+        return open_storage(url, self.path)
+
+    def recorded_storage(self) -> optuna.storages.BaseStorage:
+        """The storage a run made earlier wrote to: the database its recorded config names (the run's
+        own config first, then its stages'), else its journal file."""
+        for folder in self.recorded_folders():
+            url = folder.recorded_storage_url()
+            if url:
+                return self.storage(url)
+        if not (self.path / JOURNAL).is_file():
+            raise UserError(f"{self.path}: no Optuna storage in this run folder (no {JOURNAL})")
+        return self.storage(None)

@@ -1,0 +1,281 @@
+"""The final stage: the chosen students fully distilled and scored on GLUE, as Ray Tune trials.
+
+Each student (the mapping search's winner and its baselines, uniform and last-layers; the supernet
+search's front students, from their inherited weights) gets one general distillation trial on the
+corpus, then one trial per GLUE task: TinyBERT's task distillation from the fine-tuned teacher, dev
+scores and test-set predictions. Trials run the one distillation recipe
+(:class:`~distilnas.distill.recipes.Distillation`). A task trial starts once its student's general trial
+has succeeded. Every trial is recorded in the run's Optuna storage (studies ``<prefix>-final``, task
+scores, and ``<prefix>-final-general``, distillation losses), and whatever a trial saved is reused, so a
+killed stage resumes without redoing finished trials. The driver then measures every student's latency
+on a quiet machine (:func:`measure`), and :func:`scored` hands the results to ``results/``.
+
+Folder (``output_dir/final``): ``proxy.json`` (the prepared data and teacher caches),
+``students/<name>/general`` (the distilled encoder), ``students/<name>/<task>`` (the task model, its
+``student.json`` and ``predictions/``), ``results.json``, ``measurements.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from transformers import AutoConfig
+
+from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT model type)
+from distilnas.distill.config import DistillConfig
+from distilnas.distill.corpus import load_corpus
+from distilnas.distill.errors import UserError
+from distilnas.distill.measure import timed
+from distilnas.distill.prepared import PreparedData, prepare
+from distilnas.distill.recipes import Distillation
+from distilnas.distill.students import StudentRecord, StudentSpec, student_spec
+from distilnas.distill.teacher import load_encoder, model_config, resolve, saved_teacher
+from distilnas.distill.utils import atomic_write_json, fingerprint
+from distilnas.results.records import ExportSource, Measured, ModelResult, Provenance
+from distilnas.search.config import RunConfig
+from distilnas.search.rundir import RunFolder
+from distilnas.search.tune import Job, JobSearcher, Recorder, init_ray, run_trials
+from distilnas.spaces.mapping import LayerMapping
+
+log = logging.getLogger(__name__)
+
+
+def chosen_students(
+    cfg: RunConfig, run: RunFolder, mapping_results: dict[str, Any] | None
+) -> list[StudentRecord]:
+    """The searched mapping, then the uniform and last-layers baselines (as configured), then the
+    supernet search's front; a mapping chosen twice is one student with both origins."""
+    tcfg = model_config(resolve(cfg.teacher.name))
+    n = int(tcfg.num_hidden_layers)
+    s = cfg.distill.student
+    spec = student_spec(s, tcfg)
+    wanted: list[tuple[str, LayerMapping]] = []  # (origin, mapping)
+    for kind in cfg.final.students:
+        if kind == "supernet":
+            continue  # added after the mapping students, below
+        if kind == "searched":
+            best = (mapping_results or {}).get("ga", {}).get("best")
+            if not best:
+                raise UserError("final.students: 'searched' needs a finished mapping search")
+            wanted.append((kind, LayerMapping.from_string(best["mapping"], n)))
+        elif kind == "uniform":
+            wanted.append((kind, LayerMapping.uniform(s.layers, n)))
+        else:
+            wanted.append((kind, LayerMapping.last(s.layers, n)))
+    students: dict[str, StudentRecord] = {}
+    for origin, mapping in wanted:
+        key = str(mapping)
+        if key in students:
+            students[key].origin.append(origin)
+            continue
+        students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
+    nas = supernet_students(run, n) if "supernet" in cfg.final.students else []
+    return [*students.values(), *nas]
+
+
+def supernet_students(run: RunFolder, teacher_layers: int) -> list[StudentRecord]:
+    """The supernet search's front students, read from their saved folders."""
+    stage = run.supernet
+    if not stage.finished:
+        raise UserError("final.students: 'supernet' needs a finished supernet search")
+    out = []
+    for saved in stage.results()["front"]:
+        path = (stage / "students" / saved).resolve()
+        c = AutoConfig.from_pretrained(path)
+        record = json.loads((path / "student.json").read_text())
+        hidden = max(int(b["hidden"]) for b in c.blocks)
+        boundaries = ",".join(map(str, c.teacher_boundaries))
+        mapping = LayerMapping.from_string(f"{boundaries}/{teacher_layers}", teacher_layers)
+        name = f"nas{len(c.blocks)}B-{record['params'] / 1e6:.1f}M-{saved.rsplit('_', 1)[-1]}"
+        # sizes for the record: blocks, the widest block, its heads and its FFN (4x)
+        spec = StudentSpec(
+            len(c.blocks), hidden, int(c.num_attention_heads), 4 * hidden,
+            nas={"path": str(c.path), "folder": str(path)},
+        )  # fmt: skip
+        out.append(StudentRecord(name, spec, "supernet", str(mapping), ["supernet"]))
+    return out
+
+
+def plan(students: list[StudentRecord], tasks: list[str]) -> list[Job]:
+    """General trials first; then each student's tasks, interleaved across students so that parallel
+    slots work on different students."""
+    jobs = [Job(f"{s.name}/general", {"student": s.name}) for s in students]
+    for t in tasks:
+        jobs += [
+            Job(f"{s.name}/{t}", {"student": s.name, "task": t}, after=(f"{s.name}/general",))
+            for s in students
+        ]
+    return jobs
+
+
+@dataclass
+class FinalWork:
+    """What a final-stage trial runs (picklable: paths and settings only): a student's general stage, or
+    one of its task stages (``config["task"]``)."""
+
+    prepared: dict[str, Any]
+    distill: dict[str, Any]
+    students: dict[str, dict[str, Any]]
+    folder: str
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        data = PreparedData.from_json(self.prepared)
+        record = StudentRecord.from_json(self.students[config["student"]])
+        pairs = LayerMapping.from_string(record.mapping, data.teacher_layers).pairs()
+        folder = Path(self.folder) / "students" / record.name
+        run = Distillation(record, pairs, data, DistillConfig.model_validate(self.distill), folder)
+        return run.saved_task(config["task"]) if "task" in config else run.general()
+
+
+class FinalRecorder:
+    """Final-stage trials as Optuna trials: task scores in one study, general distillation in another."""
+
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, run: RunFolder, students: list[str], tasks: list[str]
+    ):
+        self.tasks = Recorder(storage, run.studies.final)
+        self.general = Recorder(storage, run.studies.final_general, directions=("minimize",))
+        self.students, self.task_names = students, tasks
+
+    def record(self, job: Job, outcome: dict[str, Any] | None) -> None:
+        params: dict[str, tuple[int | str, Any]] = {"student": (job.config["student"], self.students)}
+        if "task" in job.config:
+            params["task"] = (job.config["task"], self.task_names)
+            self.tasks.job(job.id, outcome, None if outcome is None else float(outcome["score"]), params)
+        else:
+            self.general.job(job.id, outcome, None if outcome is None else float(outcome["loss"]), params)
+
+    def done(self) -> dict[str, dict[str, Any] | None]:
+        """Job id -> outcome of every finished job (the storage is the record of what ran)."""
+        return {**self.general.jobs(), **self.tasks.jobs()}
+
+
+def run_final(
+    cfg: RunConfig,
+    mapping_results: dict[str, Any] | None,
+    storage: optuna.storages.BaseStorage,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Distil and score every chosen student on the final tasks; returns the outcomes per job."""
+    run = RunFolder.of(cfg)
+    folder = run.final.path.resolve()
+    if cfg.data.corpus is None:
+        raise UserError("data.corpus: the final stage's general distillation needs a corpus")
+    students = chosen_students(cfg, run, mapping_results)
+    tasks = list(cfg.final.tasks)
+    init_ray(address or cfg.ray.address)
+    spec = student_spec(cfg.distill.student, model_config(resolve(cfg.teacher.name)))
+    prepared = prepare(
+        cfg.teacher,
+        cfg.distill,
+        tasks,
+        load_corpus(cfg.data.corpus),
+        cfg.data.glue_dir,
+        cfg.cache_dir,
+        folder,
+        cfg.seed,
+        corpus_fraction=cfg.distill.corpus_fraction,
+        train_limit=cfg.distill.train_limit,
+        task_caches=True,  # task distillation reads the fine-tuned teachers' cached outputs
+        student=spec,
+    )
+    atomic_write_json(folder / "proxy.json", prepared.to_json())
+    recorder = FinalRecorder(storage, run, [s.name for s in students], tasks)
+    work = FinalWork(
+        prepared.to_json(),
+        cfg.distill.model_dump(mode="json"),
+        {s.name: s.to_json() for s in students},
+        str(folder),
+    )
+    searcher = JobSearcher(plan(students, tasks), recorder.done(), recorder.record)
+    run_trials(searcher, work, folder, "final", cfg.ray)
+    results = {
+        "students": [s.to_json() for s in students],
+        "tasks": tasks,
+        "jobs": searcher.results,
+        "ray": searcher.overhead(),
+    }
+    run.final.write_results(results)
+    return results
+
+
+# ---------------------------------------------------------------------- measurements and results
+
+
+def measure(cfg: RunConfig, run: RunFolder, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Parameters and latency of the teacher and of every distilled student, by name.
+
+    Latency depends on the architecture, not the weights, so each distinct shape is timed once (students
+    of one shape share the figure, and the front is not decided by timing noise); each kind measures as
+    it is deployed (SDPA attention; a referenced student with its retrieval). Timing runs one model at a
+    time in this process (no trial beside it), and is kept in ``final/measurements.json`` per latency
+    setting, so a report is never re-timed."""
+    record = run.final / "measurements.json"
+    key = fingerprint(cfg.final.latency.model_dump(mode="json"))
+    stored = json.loads(record.read_text()) if record.is_file() else {}
+    found: dict[str, dict[str, Any]] = stored.get(key, {})
+    if "teacher" not in found:
+        found["teacher"] = timed(load_encoder(resolve(cfg.teacher.name), attention="sdpa"), cfg.final.latency)
+    out = {"teacher": found["teacher"]}
+    for entry in final["students"]:
+        student = StudentRecord.from_json(entry)
+        shape = student.kind.shape_key(student)
+        if shape not in found:
+            folder = run.final / "students" / student.name
+            figures = student.kind.measure(folder, list(final["tasks"]), cfg.final.latency)
+            if figures is None:  # nothing distilled yet
+                continue
+            found[shape] = figures
+            log.info("%s: %d parameters, %.2f ms", shape, figures["params"], figures["latency"]["ms"])
+        out[student.name] = found[shape]
+    atomic_write_json(record, {**stored, key: found})
+    return out
+
+
+@dataclass
+class Scored:
+    """A finished final stage as ``results/`` reads it."""
+
+    teacher: ModelResult
+    students: list[ModelResult]
+    sources: dict[str, ExportSource]
+    provenance: Provenance
+    tasks: list[str]
+
+
+def scored(cfg: RunConfig, run: RunFolder, final: dict[str, Any]) -> Scored:
+    """The teacher and every student with all its tasks scored, measured; never trains anything (the
+    fine-tuned teachers are read from the cache the stage prepared)."""
+    tasks = list(final["tasks"])
+    prepared = PreparedData.from_json(json.loads((run.final / "proxy.json").read_text()))
+    teachers = {t: saved_teacher(Path(prepared.task(t).teacher_path)) for t in tasks}
+    measured = measure(cfg, run, final)
+
+    def figures(name: str) -> Measured:
+        return Measured(int(measured[name]["params"]), measured[name]["latency"])
+
+    teacher = ModelResult("teacher", figures("teacher"), {t: teachers[t].metrics for t in tasks})
+    students, sources = [], {}
+    for entry in final["students"]:
+        record = StudentRecord.from_json(entry)
+        jobs = [final["jobs"].get(f"{record.name}/{t}") for t in tasks]
+        if record.name not in measured or any(j is None for j in jobs):
+            log.warning("%s: not every task finished; left out of the table", record.name)
+            continue
+        metrics = {t: j["metrics"] for t, j in zip(tasks, jobs, strict=True) if j}
+        result = ModelResult(record.name, figures(record.name), metrics, record)
+        students.append(result)
+        sources[record.name] = ExportSource(result, run.final / "students" / record.name)
+    provenance = Provenance(
+        teacher=cfg.teacher.name,
+        teacher_weights=resolve(cfg.teacher.name).identity(),
+        fine_tuned={t: ft.fingerprint for t, ft in teachers.items()},
+        seed=cfg.seed,
+        config_hash=run.recorded_hash() if run.started else cfg.config_hash(),
+    )
+    return Scored(teacher, students, sources, provenance, tasks)

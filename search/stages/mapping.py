@@ -1,0 +1,149 @@
+"""The layer-mapping search, end to end: proxies, baselines, the GA and random search under Ray Tune,
+every trial in Optuna, a resumable state, and a report.
+
+Stage folder (``output_dir/search-mapping``): ``config.json`` (the run's config and hash), ``proxy.json``
+(the prepared proxy setting), ``search_state.json`` (every strategy's state, written each generation),
+``results.json`` and ``report.html``. Every trial is in the run's Optuna storage, study ``<prefix>-mapping``
+(``output_dir/optuna.journal`` unless an RDB URL is configured).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distilnas.distill.corpus import load_corpus
+from distilnas.distill.errors import UserError
+from distilnas.distill.teacher import model_config, resolve
+from distilnas.distill.utils import atomic_write_json
+from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
+from distilnas.results.report import SearchTrial, write_search_report
+from distilnas.search.config import RayConfig, RunConfig
+from distilnas.search.rundir import RunFolder
+from distilnas.search.strategies import FixedSearch, GeneticSearch, RandomSearch, Strategy, key
+from distilnas.search.tune import Recorder, StrategySearcher, init_ray, run_trials
+from distilnas.spaces.base import Genome
+from distilnas.spaces.mapping import LayerMapping
+from distilnas.spaces.mapping_space import MappingSpace
+
+log = logging.getLogger(__name__)
+
+
+def mapping_space(cfg: RunConfig) -> MappingSpace:
+    """The config's mapping space: ``distill.student``'s depth onto the teacher's, under the constraints."""
+    n = int(model_config(resolve(cfg.teacher.name)).num_hidden_layers)
+    return MappingSpace.build(cfg.distill.student.layers, n, cfg.search.mapping.constraints)
+
+
+def search_with(
+    lanes: dict[str, Strategy],
+    recorder: Recorder,
+    fitness: Callable[[str], dict[str, float]],
+    folder: Path,
+    checkpoint: Path | None = None,
+    ray: RayConfig | None = None,
+) -> StrategySearcher:
+    """Run the strategies to their end under Ray Tune, as one searcher.
+
+    A checkpoint left by an earlier run is restored first, and the trials the storage holds are known
+    before any suggestion: after a crash nothing finished is evaluated again.
+    """
+    searcher = StrategySearcher(lanes, recorder, checkpoint)
+    if checkpoint is not None and checkpoint.is_file():
+        searcher.restore(str(checkpoint))
+    if searcher.known:
+        log.info("%d finished trials taken from the storage", len(searcher.known))
+    run_trials(searcher, fitness, folder, "search", ray)
+    return searcher
+
+
+def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """Baselines (uniform, last), the GA, and random search at the GA's budget; returns the results."""
+    run = RunFolder.of(cfg)
+    stage = run.mapping
+    stage.check(cfg, resume)
+    scfg = cfg.search.mapping
+    if cfg.data.corpus is None and scfg.mode == "task-agnostic":
+        raise UserError("data.corpus: the task-agnostic mapping search needs a corpus")
+    space = mapping_space(cfg)
+    m, n = space.student_layers, space.teacher_layers
+    storage = run.storage(cfg.storage.url)
+    init_ray(address or cfg.ray.address)  # an unreachable cluster fails here, before any work
+    stage.record(cfg)
+
+    recorder = Recorder(storage, run.studies.mapping)
+    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
+    prepared = prepare_proxy(
+        cfg.teacher,
+        cfg.proxy,
+        cfg.distill,
+        texts,
+        cfg.data.glue_dir,
+        cfg.cache_dir,
+        stage.path,
+        scfg.mode,
+        cfg.seed,
+    )
+    atomic_write_json(stage / "proxy.json", prepared.to_json())
+    fitness = MappingFitness(prepared)
+
+    baselines = {"uniform": LayerMapping.uniform(m, n), "last": LayerMapping.last(m, n)}
+    base = FixedSearch(space, [space.encode(b) for b in baselines.values()])
+    ga = GeneticSearch(
+        space,
+        scfg.population,
+        scfg.generations,
+        scfg.crossover,
+        scfg.mutation,
+        scfg.tournament,
+        scfg.hall_of_fame,
+        scfg.crossover_kind,
+        cfg.seed,
+        initial=base.genomes if scfg.seed_with_baselines else None,
+    )
+    lanes: dict[str, Strategy] = {"baseline": base, "ga": ga}
+    rnd = RandomSearch(space, ga, cfg.seed + 1)
+    if scfg.random_baseline:
+        lanes["random"] = rnd
+    searcher = search_with(lanes, recorder, fitness, stage.path, stage / "search_state.json", cfg.ray)
+
+    results: dict[str, Any] = {
+        "space": {
+            "student_layers": m,
+            "teacher_layers": n,
+            "constraints": scfg.constraints,
+            "size": space.size(),
+        },
+        "mode": scfg.mode,
+        "baselines": {name: base.memo.get(key(space.encode(b))) for name, b in baselines.items()},
+        "ga": {
+            "best": _named(space, ga.best()),
+            "hall_of_fame": [_named(space, x) for x in ga.hall_of_fame()[: max(scfg.hall_of_fame, 5)]],
+            "logbook": ga.logbook,
+            "evaluations": len(ga.memo),
+        },
+        "trials": len(searcher.known),
+        "trial_seconds": searcher.seconds,
+        "ray": searcher.overhead(),
+    }
+    if scfg.random_baseline:
+        ranked = rnd.ranked()
+        results["random"] = {
+            "best": _named(space, ranked[0]) if ranked else None,
+            "evaluations": len(rnd.memo),
+        }
+    stage.write_results(results)
+    trials = [
+        SearchTrial(t.user_attrs["mapping"], float(t.value or 0.0), t.user_attrs.get("source"))
+        for t in recorder.complete()
+    ]
+    write_search_report(stage / "report.html", results, trials)
+    return results
+
+
+def _named(space: MappingSpace, item: tuple[Genome, float] | None) -> dict[str, Any] | None:
+    if item is None:
+        return None
+    return {"mapping": space.describe(item[0]), "fitness": item[1]}

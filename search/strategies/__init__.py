@@ -1,0 +1,41 @@
+"""Search strategies over any :class:`~distilnas.spaces.base.SearchSpace`, driven by ask / tell, and the
+middleware that wraps them (de-duplication, constraints, retries).
+
+``STRATEGIES`` names each strategy's builder: ``STRATEGIES[name](space, budget, seed)`` makes one that
+spends about ``budget`` evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from distilnas.search.strategies.base import FAILED, Memo, Strategy, genome_of, key
+from distilnas.search.strategies.fixed import FixedSearch
+from distilnas.search.strategies.ga import GeneticSearch
+from distilnas.search.strategies.middleware import Constrained, Deduplicated, Evaluations, Retried, wrap
+from distilnas.search.strategies.random import RandomSearch, random_genomes
+from distilnas.spaces.base import SearchSpace
+
+STRATEGIES: dict[str, Callable[[SearchSpace, int, int], Strategy]] = {
+    "ga": GeneticSearch.build,  # type: ignore[dict-item]
+    "random": RandomSearch.build,
+    "fixed": FixedSearch.build,
+}
+
+__all__ = [
+    "FAILED",
+    "STRATEGIES",
+    "Constrained",
+    "Deduplicated",
+    "Evaluations",
+    "FixedSearch",
+    "GeneticSearch",
+    "Memo",
+    "RandomSearch",
+    "Retried",
+    "Strategy",
+    "genome_of",
+    "key",
+    "random_genomes",
+    "wrap",
+]

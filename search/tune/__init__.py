@@ -1,0 +1,17 @@
+"""Ray Tune for every stage: searchers, the one recorder of trials, trainables and Ray start-up."""
+
+from distilnas.search.tune.cluster import init_ray, trial_slots
+from distilnas.search.tune.recorder import Recorder
+from distilnas.search.tune.searchers import Job, JobSearcher, StrategySearcher, TimedSearcher
+from distilnas.search.tune.trainables import run_trials
+
+__all__ = [
+    "Job",
+    "JobSearcher",
+    "Recorder",
+    "StrategySearcher",
+    "TimedSearcher",
+    "init_ray",
+    "run_trials",
+    "trial_slots",
+]

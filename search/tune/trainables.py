@@ -1,0 +1,105 @@
+"""The Ray Tune trainables and the one way a stage runs its searcher under Ray Tune.
+
+A trial runs a stage's work (a picklable callable of paths and settings) with as many torch threads as
+its CPUs, and reports what it returns and how long it took: a candidate's fitness and per-task scores,
+or a job's outcome as one JSON string (Tune adds, and flattens, keys of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distilnas.search.config import RayConfig
+from distilnas.search.tune.cluster import trial_slots
+from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
+
+
+def job_trial(
+    config: dict[str, Any], work: Callable[[dict[str, Any]], dict[str, Any]], threads: int = 1
+) -> None:
+    """A job: run it, report what it returns and how long it took."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)  # as many as the trial's CPUs: parallel trials must not oversubscribe
+    start = time.perf_counter()
+    out = work(config)
+    tune.report(
+        {
+            "score": float(out.get("score", 0.0)),
+            "outcome": json.dumps(out),
+            "seconds": time.perf_counter() - start,
+        }
+    )
+
+
+def candidate_trial(
+    config: dict[str, Any], work: Callable[[str], dict[str, float]], threads: int = 1
+) -> None:
+    """A candidate: evaluate its canonical text, report its fitness, per-task scores and time."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    scores = work(config["candidate"])
+    tune.report(
+        {
+            "fitness": scores["fitness"],
+            **{f"score_{k}": v for k, v in scores.items() if k != "fitness"},
+            "seconds": time.perf_counter() - start,
+        }
+    )
+
+
+TRAINABLES: dict[type[TimedSearcher], Callable[..., None]] = {
+    StrategySearcher: candidate_trial,
+    JobSearcher: job_trial,
+}
+
+
+def run_trials(
+    searcher: TimedSearcher,
+    work: Callable[[Any], dict[str, Any]],
+    folder: Path,
+    name: str,
+    ray: RayConfig | None = None,
+    max_failures: int = 1,
+) -> float:
+    """Run the searcher's trials to the end under Ray Tune (Tune's files in ``folder/ray/<name>``);
+    returns the wall time in seconds.
+
+    At most as many trials as the cluster has slots are live (so none waits in Ray's queue), and trial
+    actors are reused: a trial's process keeps its imports and caches for the next.
+    """
+    from ray import tune
+
+    ray = ray or RayConfig()
+    searcher.slots = trial_slots(ray.cpus_per_trial, ray.gpus_per_trial, ray.max_concurrent)
+    trainable = tune.with_resources(
+        tune.with_parameters(TRAINABLES[type(searcher)], work=work, threads=max(1, int(ray.cpus_per_trial))),
+        {"cpu": ray.cpus_per_trial, "gpu": ray.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1,
+            max_concurrent_trials=searcher.slots,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str((folder / "ray").resolve()),
+            name=name,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=0,
+        ),
+    )
+    start = time.perf_counter()
+    tuner.fit()
+    searcher.wall = time.perf_counter() - start
+    return searcher.wall

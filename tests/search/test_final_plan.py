@@ -1,0 +1,39 @@
+"""The final stage's plan and its searcher: dependencies, interleaving, skipping, resuming."""
+
+from __future__ import annotations
+
+from distilnas.distill.students import StudentRecord, StudentSpec
+from distilnas.search.stages.final import plan
+from distilnas.search.tune import JobSearcher
+
+
+def students(*names: str) -> list[StudentRecord]:
+    return [StudentRecord(n, StudentSpec(2, 32, 2, 64), "copy", "1,2/4", [n]) for n in names]
+
+
+def test_plan_puts_general_first_and_interleaves_students() -> None:
+    jobs = plan(students("a", "b"), ["rte", "mrpc"])
+    assert [j.id for j in jobs] == ["a/general", "b/general", "a/rte", "b/rte", "a/mrpc", "b/mrpc"]
+    assert all(j.after == (f"{j.config['student']}/general",) for j in jobs[2:])
+    assert [j.config for j in jobs[:2]] == [{"student": "a"}, {"student": "b"}]  # no task: general
+
+
+def test_searcher_waits_for_dependencies_skips_after_failures_and_resumes() -> None:
+    recorded: list[tuple[str, bool]] = []
+    jobs = plan(students("a", "b"), ["rte"])
+    searcher = JobSearcher(jobs, {}, lambda job, out: recorded.append((job.id, out is not None)))
+    assert searcher.suggest("t1")["job"] == "a/general"
+    assert searcher.suggest("t2")["job"] == "b/general"
+    assert searcher.suggest("t3") is None  # both task jobs wait for their general job
+    searcher.on_trial_complete("t1", {"outcome": '{"loss": 0.5}', "seconds": 2.0})
+    assert searcher.suggest("t3") == {"job": "a/rte", "student": "a", "task": "rte"}
+    searcher.on_trial_complete("t2", error=True)  # b's general failed: b/rte can never run
+    assert searcher.suggest("t4") is None  # a/rte still in flight
+    searcher.on_trial_complete("t3", {"outcome": '{"score": 61.0}', "seconds": 3.0})
+    assert searcher.suggest("t5") == "FINISHED"
+    assert searcher.results["b/rte"] is None and searcher.results["a/rte"] == {"score": 61.0, "seconds": 3.0}
+    assert recorded == [("a/general", True), ("b/general", False), ("a/rte", True)]
+    # a new searcher given what the storage holds runs only what is missing
+    again = JobSearcher(jobs, {"a/general": {"loss": 0.5}, "a/rte": {"score": 61.0}}, lambda j, o: None)
+    assert again.suggest("u1")["job"] == "b/general"
+    assert again.suggest("u2") is None

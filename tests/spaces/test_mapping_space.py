@@ -1,0 +1,35 @@
+"""The space of layer mappings: sampling and DEAP-style operators keep every constraint, exact counts,
+and errors for spaces that cannot exist."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from distilnas.distill.errors import UserError
+from distilnas.spaces.mapping_space import MappingSpace, Variation, mut_reset, mut_shift
+
+ALL = ["monotone", "no_repeats", "supervised"]
+
+
+@pytest.mark.parametrize("names", [ALL, ["monotone"], ["no_repeats"], ["supervised"], []])
+def test_operators_keep_constraints(names: list[str]) -> None:
+    space = MappingSpace.build(4, 6, names)
+    variation = Variation(space)
+    rng = random.Random(0)
+    for _ in range(200):
+        g = space.sample(rng)
+        assert space.valid(g)
+        assert all(0 <= x <= 6 for x in mut_reset(g, 6, 0.5, rng) + mut_shift(g, 6, 0.5, rng))
+        assert space.valid(variation.variant(g, rng, mutate=True, indpb=0.9)), (names, g)
+        assert space.valid(space.mutate(g, rng) if not names else variation.variant(g, rng, mutate=True))
+
+
+def test_space_counts_and_errors() -> None:
+    assert MappingSpace.build(3, 6, ALL).size() == 20  # C(6, 3) strictly increasing mappings
+    assert MappingSpace.build(2, 3, []).size() == 16  # (N + 1)^M
+    with pytest.raises(UserError, match="deeper than its 3-layer teacher"):
+        MappingSpace.build(4, 3, ALL)
+    with pytest.raises(UserError, match="unknown mapping constraints"):
+        MappingSpace.build(2, 3, ["sorted"])
