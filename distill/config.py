@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from distilnas.distill.glue import get_task
+from distilnas.distill.losses import LOSSES
 
 
 def error_path(loc: tuple[int | str, ...]) -> str:
@@ -135,8 +136,6 @@ class DataConfig(Strict):
 
 
 def _known_losses(weights: dict[str, float]) -> dict[str, float]:
-    from distilnas.distill.losses import LOSSES
-
     for name, w in weights.items():
         if name not in LOSSES:
             raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")

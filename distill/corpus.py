@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from datasets import load_dataset
 
 from distilnas.distill.config import CorpusConfig
 from distilnas.distill.errors import DataError
@@ -58,8 +59,6 @@ def load_corpus(config: CorpusConfig) -> list[str]:
         if not texts:
             raise DataError(f"{', '.join(map(str, config.files))}: corpus has no examples")
         return texts
-    from datasets import load_dataset
-
     assert config.hf_dataset is not None
     try:
         ds = load_dataset(config.hf_dataset, config.hf_config, split=config.hf_split)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Features, Value
+from datasets import Dataset, Features, Value, load_dataset
 
 from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.metrics import METRICS
@@ -326,8 +326,6 @@ def load_split(task: GlueTask | str, split: str, glue_dir: str | Path | None = N
 
 def load_hub_split(task: GlueTask, split: str) -> Dataset:
     """Load a split from the hub. Needs network access (or a warm HF datasets cache)."""
-    from datasets import load_dataset
-
     try:
         ds = load_dataset("nyu-mll/glue", task.hub_config, split=split)
     except Exception as exc:

@@ -19,6 +19,7 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BertTokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -108,8 +109,6 @@ def load_tokenizer(source: ModelSource, fallback_vocab: str | Path | None = None
 
 def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = True) -> PreTrainedTokenizerBase:
     """A BERT WordPiece tokenizer from a vocab.txt (e.g. ../shared/data/models/bert-uncased-vocab)."""
-    from transformers import BertTokenizer
-
     # transformers 5 takes the vocabulary as ``vocab`` and silently ignores ``vocab_file``.
     tok = BertTokenizer(vocab=str(vocab_file), do_lower_case=lowercase)
     if tok.convert_tokens_to_ids("the") == tok.unk_token_id:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 
 def fingerprint(*parts: Any, length: int = 16) -> str:
@@ -111,8 +112,6 @@ def register_student(model_type: str, config: type, encoder: type, classifier: t
     """Register a student model type with transformers' Auto classes (config, encoder, classifier), so
     its saved folders load with ``AutoModel`` and ``AutoModelForSequenceClassification``; a second call
     (a reloaded module) changes nothing."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-
     try:
         AutoConfig.register(model_type, config)
     except ValueError:  # already registered

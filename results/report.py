@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from distilnas.distill.utils import atomic_write_text
 from distilnas.spaces.mapping import LayerMapping
@@ -161,8 +162,6 @@ class SearchTrial:
 
 def write_search_report(path: Path, results: dict[str, Any], trials: list[SearchTrial]) -> Path:
     """The mapping search's page: convergence per generation and a heatmap of the mappings tried."""
-    from plotly.subplots import make_subplots
-
     book = results["ga"]["logbook"]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("GA convergence (proxy fitness)", "mappings tried"))
     gens = [b["generation"] for b in book]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from distilnas.distill.errors import UserError
 
@@ -15,9 +17,6 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     """The run's Optuna storage: a journal file in ``run_dir`` (the run's ``output_dir``), or the
     configured RDB URL."""
     if url is None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
         run_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
     try:

@@ -154,8 +154,13 @@ class MappingSpace:
                 return g
         raise UserError("mapping constraints leave no valid mapping")  # pragma: no cover
 
-    def mutate(self, genome: Genome, rng: random.Random, indpb: float = 0.3) -> Genome:
-        """Reset or shift genes, each with probability ``indpb`` (one of the two chosen at random)."""
+    def mutate(self, genome: Genome, rng: random.Random) -> Genome:
+        """A valid genome near ``genome``: perturbed, then repaired to keep the constraints."""
+        return Variation(self).variant(genome, rng, mutate=True)
+
+    def perturb(self, genome: Genome, rng: random.Random, indpb: float = 0.3) -> Genome:
+        """Reset or shift genes, each with probability ``indpb`` (one of the two chosen at random); the
+        result may break a constraint (:class:`Variation` repairs it)."""
         op = mut_reset if rng.random() < 0.5 else mut_shift
         return op(list(genome), self.teacher_layers, indpb, rng)
 
@@ -209,7 +214,7 @@ class Variation:
         """``genome`` (mutated when asked) repaired to keep the constraints; when repair cannot help,
         mutated again, and after ``tries`` a fresh valid sample."""
         for _ in range(tries):
-            g = self.space.mutate(genome, rng, indpb) if mutate else list(genome)
+            g = self.space.perturb(genome, rng, indpb) if mutate else list(genome)
             g = self.space.repair(g, rng)
             if self.space.valid(g):
                 return g

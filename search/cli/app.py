@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import datasets
+import transformers
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -55,9 +57,6 @@ RunOpt = Annotated[Path, typer.Argument(metavar="RUN", help="A run folder (the c
 
 def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
     """Logs to stderr (rich), and to ``log_file`` when given; quiet third-party chatter."""
-    import datasets
-    import transformers
-
     level = logging.DEBUG if verbose else logging.INFO
     handlers: list[logging.Handler] = [RichHandler(console=err, show_path=False, rich_tracebacks=False)]
     if log_file is not None:

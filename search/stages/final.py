@@ -26,7 +26,6 @@ from typing import Any
 import optuna
 from transformers import AutoConfig
 
-from distilnas.distill import nas_bert  # noqa: F401  (registers the NAS-BERT model type)
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError

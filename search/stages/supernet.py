@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import ray
 import torch
 from safetensors.torch import load_file
 
@@ -334,8 +335,6 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     recorder = BlockRecorder(storage, run, space.blocks)
     blocks, ray_overhead = train_blocks(cfg, space, proxy, table, folder, recorder)
     ordered = [blocks[f"block{b + 1}"] for b in range(space.blocks)]
-    import ray
-
     ray.shutdown()  # the rest runs here; students are timed without Ray's processes beside them
 
     start = time.perf_counter()

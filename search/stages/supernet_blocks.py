@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import AutoModel
 
 from distilnas.distill.data import LengthBucketBatches
 from distilnas.distill.nas_bert import NasBlock
@@ -165,8 +166,6 @@ class BlockTrainer:
     def start(self, block: NasBlock) -> None:
         """Embeddings from the teacher's, or projections from PCA of the input boundary."""
         if self.position == 0:
-            from transformers import AutoModel
-
             initialise(block, teacher=AutoModel.from_pretrained(self.proxy.teacher))
         else:  # enough tokens for every principal direction the widest size needs
             width, tokens, rows = max(self.space.hidden_sizes), [], self.proxy.train_rows

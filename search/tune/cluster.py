@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 
+import ray
+
 from distilnas.distill.errors import UserError
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Start Ray here (no address) or join a cluster; an unreachable address is a clear error."""
-    import ray
-
     if ray.is_initialized():
         return
     if address and address != "auto" and not address.startswith("ray://"):
@@ -30,8 +30,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 def trial_slots(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> int:
     """How many trials the Ray cluster runs at once."""
-    import ray
-
     res = ray.cluster_resources()
     slots = int(res.get("CPU", 1) // cpus_per_trial) if cpus_per_trial else 1 << 30
     if gpus_per_trial:

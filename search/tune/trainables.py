@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from ray import tune
+
 from distilnas.search.config import RayConfig
 from distilnas.search.tune.cluster import trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
@@ -22,9 +25,6 @@ def job_trial(
     config: dict[str, Any], work: Callable[[dict[str, Any]], dict[str, Any]], threads: int = 1
 ) -> None:
     """A job: run it, report what it returns and how long it took."""
-    import torch
-    from ray import tune
-
     torch.set_num_threads(threads)  # as many as the trial's CPUs: parallel trials must not oversubscribe
     start = time.perf_counter()
     out = work(config)
@@ -41,9 +41,6 @@ def candidate_trial(
     config: dict[str, Any], work: Callable[[str], dict[str, float]], threads: int = 1
 ) -> None:
     """A candidate: evaluate its canonical text, report its fitness, per-task scores and time."""
-    import torch
-    from ray import tune
-
     torch.set_num_threads(threads)
     start = time.perf_counter()
     scores = work(config["candidate"])
@@ -76,8 +73,6 @@ def run_trials(
     At most as many trials as the cluster has slots are live (so none waits in Ray's queue), and trial
     actors are reused: a trial's process keeps its imports and caches for the next.
     """
-    from ray import tune
-
     ray = ray or RayConfig()
     searcher.slots = trial_slots(ray.cpus_per_trial, ray.gpus_per_trial, ray.max_concurrent)
     trainable = tune.with_resources(

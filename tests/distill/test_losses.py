@@ -112,3 +112,50 @@ def test_combined_and_fields() -> None:
     assert parts == pytest.approx({"embedding_mse": 0.5, "hidden_mse": 1.0})
     assert total.item() == pytest.approx(2 * 0.5 + 0.5 * 1.0)
     assert teacher_fields({"hidden_mse": 1, "minilm_relation": 1, "prediction_ce": 0}) == {"hidden", "qkv"}
+
+
+def random_views(seed: int, heads: int = 2) -> Views:
+    g = torch.Generator().manual_seed(seed)
+    layer = {i: torch.randn(2, 5, 8, generator=g) for i in range(3)}
+    qkv = {i: tuple(torch.randn(2, 5, 8, generator=g) for _ in range(3)) for i in (1, 2)}
+    return Views(hidden=layer, qkv=qkv, logits=torch.randn(2, 3, generator=g), heads=heads)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_zero_against_itself_positive_otherwise_and_needs_what_it_says(name: str) -> None:
+    """Each registered loss: no loss when the student is the teacher (a soft cross-entropy is the
+    teacher's entropy then, its minimum), more when it is not, gradients reach the student, and the
+    teacher fields it declares are the ones it reads."""
+    mask = [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    labels = torch.tensor([0, 2])
+    pairs = ((0, 0), (1, 1), (2, 2))
+    teacher = random_views(0)
+    same = ctx(teacher, teacher, mask, pairs=pairs, labels=labels, relation_heads=2)
+    other_views = random_views(1)
+    for x in [*other_views.hidden.values(), *(t for v in other_views.qkv.values() for t in v)]:
+        x.requires_grad_(True)
+    assert other_views.logits is not None
+    other_views.logits.requires_grad_(True)
+    other = ctx(other_views, teacher, mask, pairs=pairs, labels=labels, relation_heads=2)
+    loss = LOSSES[name]
+    at_self, away = float(loss(same).detach()), loss(other)
+    if name == "prediction_ce":  # soft cross-entropy: the teacher's own entropy is its minimum
+        assert float(away.detach()) > at_self > 0
+    elif name == "hard_label":  # labels, not the teacher: any logits give a positive loss
+        assert at_self > 0 and float(away.detach()) > 0
+    else:
+        assert at_self == pytest.approx(0.0, abs=1e-6) and float(away.detach()) > 1e-3
+    away.backward()
+    grads = [x.grad for x in [*other_views.hidden.values(), other_views.logits] if x.grad is not None]
+    grads += [t.grad for v in other_views.qkv.values() for t in v if t.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    # the declared teacher fields are enough: without the others the loss still computes
+    needed = Views(
+        hidden=teacher.hidden if "hidden" in loss.needs else {},
+        qkv=teacher.qkv if "qkv" in loss.needs else {},
+        logits=teacher.logits if "logits" in loss.needs else None,
+        heads=teacher.heads,
+    )
+    partial = loss(ctx(other_views, needed, mask, pairs=pairs, labels=labels, relation_heads=2))
+    assert float(partial.detach()) == pytest.approx(float(away.detach()))
+    assert teacher_fields({name: 1.0}) == loss.needs

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import Cli
 from helpers import run_process as run
 
 from distilnas.results.storage import open_storage
@@ -125,13 +126,15 @@ def test_exported_student_loads_with_transformers_alone(finished: tuple[Path, di
     assert got["accuracy"] == pytest.approx(got["recorded"], abs=100 / got["n"] + 1e-9)
 
 
-def test_resume_redoes_nothing_and_exports_are_protected(finished: tuple[Path, dict], tmp_path: Path) -> None:
+def test_resume_redoes_nothing_and_exports_are_protected(
+    finished: tuple[Path, dict], tmp_path: Path, cli: Cli
+) -> None:
     cfg, out = finished
-    again = run("run", str(cfg))
+    again = cli("run", cfg)  # refused before any work: in this process
     assert again.returncode == 2 and "pass --resume" in again.stderr
     other = cfg.parent / "other.yaml"
     other.write_text(cfg.read_text() + "seed: 1\n")
-    mismatch = run("run", str(other), "--resume")
+    mismatch = cli("run", other, "--resume")
     assert mismatch.returncode == 2 and "--resume with another config" in mismatch.stderr
     resumed = run("run", str(cfg), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -145,7 +148,7 @@ def test_resume_redoes_nothing_and_exports_are_protected(finished: tuple[Path, d
     clash = tmp_path / "exports" / Path(out["exports"][0]).name
     clash.mkdir(parents=True)
     (clash / "mine.txt").write_text("keep")
-    proc = run("export", str(cfg.parent / "out"), "--to", str(tmp_path / "exports"))
+    proc = cli("export", cfg.parent / "out", "--to", tmp_path / "exports")
     assert proc.returncode == 2 and "export target exists" in proc.stderr
     assert [p.name for p in clash.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [clash.name]

@@ -49,7 +49,9 @@ output_dir: {tmp_path / "run"}
     return cfg
 
 
-def test_search_mapping_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path) -> None:
+def test_search_mapping_end_to_end(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, cli: Cli
+) -> None:
     cfg = config(tmp_path, teacher4, glue_dir, corpus_dir)
     proc = run("search", "mapping", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -71,7 +73,7 @@ def test_search_mapping_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: P
     assert (tmp_path / "run" / "optuna.journal").is_file()  # the run's storage, shared by its stages
     assert "plotly" in (stage / "report.html").read_text()[:20000].lower()
     # a second run in the same folder without --resume is refused; with --resume nothing is evaluated again
-    again = run("search", "mapping", str(cfg))
+    again = cli("search", "mapping", cfg)  # refused before any work: in this process
     assert again.returncode == 2 and "pass --resume" in again.stderr
     resumed = run("search", "mapping", str(cfg), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -102,13 +104,13 @@ def test_search_mapping_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: P
         len(optuna.load_study(study_name=study[0], storage=open_storage(None, tmp_path / "run")).get_trials())
         == 4
     )
-    few = run("fidelity", str(tmp_path / "run"), "--top", "1", "--random", "1")
+    few = cli("fidelity", tmp_path / "run", "--top", "1", "--random", "1")
     assert few.returncode == 2 and "at least 3 candidates" in few.stderr
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "seed": 3}))
-    mismatch = run("fidelity", str(tmp_path / "run"), "--config", str(other))
+    mismatch = cli("fidelity", tmp_path / "run", "--config", other)
     assert mismatch.returncode == 2 and "not this run's config (differs in seed)" in mismatch.stderr
-    nowhere = run("fidelity", str(tmp_path / "nothing"))
+    nowhere = cli("fidelity", tmp_path / "nothing")
     assert nowhere.returncode == 2 and "not a mapping-search run folder" in nowhere.stderr
 
 

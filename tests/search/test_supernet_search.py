@@ -101,7 +101,7 @@ def test_supernet_search_end_to_end(searched: tuple[Path, dict]) -> None:
         assert model(ids).last_hidden_state.shape == (1, 10, 64)
 
 
-def test_supernet_search_resumes_without_retraining(searched: tuple[Path, dict]) -> None:
+def test_supernet_search_resumes_without_retraining(searched: tuple[Path, dict], cli: Cli) -> None:
     cfg, out = searched
     proc = run("search", "supernet", str(cfg), "--resume", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,7 +111,7 @@ def test_supernet_search_resumes_without_retraining(searched: tuple[Path, dict])
     assert len(optuna.load_study(study_name="distilnas-supernet-blocks", storage=storage).get_trials()) == 2
     assert len(optuna.load_study(study_name="distilnas-supernet", storage=storage).get_trials()) == 18
     # without --resume the run folder is refused
-    proc = run("search", "supernet", str(cfg))
+    proc = cli("search", "supernet", cfg)  # refused before any work: in this process
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
 
@@ -134,7 +134,7 @@ def test_extract_any_path(searched: tuple[Path, dict], tmp_path: Path, cli: Cli)
     assert not (tmp_path / "t").exists()
 
 
-def test_inherited_scores_against_standalone_distillation(searched: tuple[Path, dict]) -> None:
+def test_inherited_scores_against_standalone_distillation(searched: tuple[Path, dict], cli: Cli) -> None:
     cfg, out = searched
     runs = cfg.parent / "out"
     proc = run("fidelity", str(runs), "--stage", "supernet", "--top", "2", "--random", "1", "--json")
@@ -151,10 +151,10 @@ def test_inherited_scores_against_standalone_distillation(searched: tuple[Path, 
     storage = open_storage(None, runs)
     trials = optuna.load_study(study_name="distilnas-supernet-fidelity", storage=storage).get_trials()
     assert sorted(t.user_attrs["path"] for t in trials) == sorted(s["path"] for s in students)
-    again = run("fidelity", str(runs), "--stage", "supernet", "--top", "2", "--random", "1", "--json")
+    again = cli("fidelity", runs, "--stage", "supernet", "--top", "2", "--random", "1", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["students"] == students
     assert len(optuna.load_study(study_name="distilnas-supernet-fidelity", storage=storage).get_trials()) == 3
-    few = run("fidelity", str(runs), "--stage", "supernet", "--top", "1", "--random", "1")
+    few = cli("fidelity", runs, "--stage", "supernet", "--top", "1", "--random", "1")
     assert few.returncode == 2 and "at least 3" in few.stderr
 
 
