@@ -147,15 +147,18 @@ class StudentKind:
     builds_from_teacher: ClassVar[bool] = True
     """Whether building it reads the teacher's weights (copied or extracted layers)."""
 
+    option: ClassVar[str | None] = None
+    """The field of the spec (and of ``distill.student``) that makes a student of this kind."""
+
     # ------------------------------------------------------------------ describing
 
     def applies(self, spec: StudentSpec) -> bool:
         """Whether ``spec`` describes a student of this kind."""
-        raise NotImplementedError
+        return self.option is not None and getattr(spec, self.option) is not None
 
     def configured(self, config: StudentConfig) -> bool:
         """Whether the ``distill.student`` section asks for this kind."""
-        return False
+        return self.option is not None and getattr(config, self.option, None) is not None
 
     def options(
         self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
@@ -291,7 +294,7 @@ class PlainBert(StudentKind):
     label = "bert"
 
     def applies(self, spec: StudentSpec) -> bool:
-        return not (spec.kronecker or spec.references or spec.nas)
+        return not any(k.applies(spec) for k in KINDS.values() if k is not self)
 
     def with_head(self, encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
         cfg = BertConfig.from_dict(encoder.config.to_dict())
@@ -308,12 +311,7 @@ class KroneckerBert(StudentKind):
     model_type = "kronecker-bert"
     label = "kronecker"
     suffix = "-kron"
-
-    def applies(self, spec: StudentSpec) -> bool:
-        return spec.kronecker is not None
-
-    def configured(self, config: StudentConfig) -> bool:
-        return config.kronecker is not None
+    option = "kronecker"
 
     def options(
         self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
@@ -354,12 +352,7 @@ class ReferencedBert(StudentKind):
     model_type = "referenced-bert"
     label = "referenced"
     suffix = "-ref"
-
-    def applies(self, spec: StudentSpec) -> bool:
-        return spec.references is not None
-
-    def configured(self, config: StudentConfig) -> bool:
-        return config.references is not None
+    option = "references"
 
     def options(
         self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
@@ -465,15 +458,13 @@ class NasBert(StudentKind):
     model_type = "nas-bert"
     label = "supernet path"
     architecture = "nas-bert"
+    option = "nas"
     serves = NAS_LOSSES
     """Block outputs and logits: a NAS-BERT student has no attention maps to match."""
     matches_embeddings = False
     """Its embeddings are at block 1's width and stand for no teacher layer."""
     builds_from_teacher = False
     """It starts from the weights it inherited from the supernet."""
-
-    def applies(self, spec: StudentSpec) -> bool:
-        return spec.nas is not None
 
     def build(
         self,

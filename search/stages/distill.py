@@ -16,15 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.glue import get_task
-from distilnas.distill.prepared import prepare
 from distilnas.distill.recipes import Distillation
 from distilnas.distill.students import StudentRecord, StudentSpec, student_spec
 from distilnas.distill.teacher import model_config, resolve, saved_teacher
-from distilnas.distill.utils import atomic_write_json
 from distilnas.search.config import RunConfig
+from distilnas.search.stages.final import prepare_tasks
 from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
@@ -93,23 +91,8 @@ def distill_student(cfg: RunConfig, tasks: list[str], baseline: bool = False) ->
     spec = student_spec(cfg.distill.student, tcfg)
     name = f"{spec.name}_map{str(mapping).replace(',', '.').replace('/', 'of')}"
     folder = (cfg.output_dir / "students" / name).resolve()
-    texts = load_corpus(cfg.data.corpus)
     log.info("student %s, mapping %s", spec.name, mapping)
-    data = prepare(
-        cfg.teacher,
-        cfg.distill,
-        names,
-        texts,
-        cfg.data.glue_dir,
-        cfg.cache_dir,
-        folder,
-        cfg.seed,
-        corpus_fraction=cfg.distill.corpus_fraction,
-        train_limit=cfg.distill.train_limit,
-        task_caches=True,
-        student=spec,
-    )
-    atomic_write_json(folder / "proxy.json", data.to_json())
+    data = prepare_tasks(cfg, names, folder, spec)
     record = StudentRecord(name, spec, cfg.distill.student.init, str(mapping), ["distill"])
     run = Distillation(record, mapping.pairs(), data, cfg.distill, folder)
     start = run.initial() if baseline else None  # the baseline fine-tunes the student as it starts

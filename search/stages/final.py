@@ -154,6 +154,30 @@ class FinalRecorder:
         return {**self.general.jobs(), **self.tasks.jobs()}
 
 
+def prepare_tasks(cfg: RunConfig, tasks: list[str], folder: Path, student: StudentSpec) -> PreparedData:
+    """What a full distillation of ``cfg``'s students reads (its ``distill`` section's corpus fraction and
+    rows, the fine-tuned teachers' caches, a referenced student's stores), recorded in
+    ``folder/proxy.json``: the final stage and ``distilnas distill`` prepare alike."""
+    if cfg.data.corpus is None:
+        raise UserError("data.corpus: general distillation needs a corpus")
+    prepared = prepare(
+        cfg.teacher,
+        cfg.distill,
+        tasks,
+        load_corpus(cfg.data.corpus),
+        cfg.data.glue_dir,
+        cfg.cache_dir,
+        folder,
+        cfg.seed,
+        corpus_fraction=cfg.distill.corpus_fraction,
+        train_limit=cfg.distill.train_limit,
+        task_caches=True,  # task distillation reads the fine-tuned teachers' cached outputs
+        student=student,
+    )
+    atomic_write_json(folder / "proxy.json", prepared.to_json())
+    return prepared
+
+
 def run_final(
     cfg: RunConfig,
     mapping_results: dict[str, Any] | None,
@@ -169,21 +193,7 @@ def run_final(
     tasks = list(cfg.final.tasks)
     init_ray(address or cfg.ray.address)
     spec = student_spec(cfg.distill.student, model_config(resolve(cfg.teacher.name)))
-    prepared = prepare(
-        cfg.teacher,
-        cfg.distill,
-        tasks,
-        load_corpus(cfg.data.corpus),
-        cfg.data.glue_dir,
-        cfg.cache_dir,
-        folder,
-        cfg.seed,
-        corpus_fraction=cfg.distill.corpus_fraction,
-        train_limit=cfg.distill.train_limit,
-        task_caches=True,  # task distillation reads the fine-tuned teachers' cached outputs
-        student=spec,
-    )
-    atomic_write_json(folder / "proxy.json", prepared.to_json())
+    prepared = prepare_tasks(cfg, tasks, folder, spec)
     recorder = FinalRecorder(storage, run, [s.name for s in students], tasks)
     work = FinalWork(
         prepared.to_json(),
