@@ -119,6 +119,23 @@ def build_student(
     if init == "random":
         return student
     sources = _layer_sources(spec.layers, tcfg.num_hidden_layers, layer_sources)
+    check_build(spec, tcfg, init)
+    if init == "copy":
+        keep = _Keep.all(tcfg, sources)
+    else:
+        if importance_scores is None and importance_batches is not None:
+            importance_scores = importance(teacher, importance_batches)
+        keep = _Keep.by_importance(teacher, spec, sources, importance_scores)
+    _transplant(teacher, student, sources, keep)
+    return student
+
+
+def check_build(spec: BertShape, tcfg: PretrainedConfig, init: str) -> None:
+    """Whether a student of ``spec`` can start ``init`` from the teacher of config ``tcfg`` (no weights
+    needed): copied and extracted layers are slices of the teacher's, so never wider; a copy is whole; an
+    extraction keeps whole heads."""
+    if init not in ("copy", "extract"):
+        return
     wider = [
         f"{n} {getattr(spec, k)} > {getattr(tcfg, a)}"
         for k, a, n in (
@@ -137,26 +154,17 @@ def build_student(
         tcfg.num_attention_heads,
         tcfg.intermediate_size,
     )
-    if init == "copy":
-        if not same_width:
-            raise UserError(
-                f"copy initialisation needs the teacher's widths ({tcfg.hidden_size} hidden, "
-                f"{tcfg.num_attention_heads} heads, {tcfg.intermediate_size} FFN); "
-                f"use 'extract' for {spec.size_name}"
-            )
-        keep = _Keep.all(tcfg, sources)
-    else:
-        if spec.hidden // spec.heads != tcfg.hidden_size // tcfg.num_attention_heads:
-            raise UserError(
-                f"extract keeps whole heads: the student's head size ({spec.hidden // spec.heads}) "
-                "must equal "
-                f"the teacher's ({tcfg.hidden_size // tcfg.num_attention_heads})"
-            )
-        if importance_scores is None and importance_batches is not None:
-            importance_scores = importance(teacher, importance_batches)
-        keep = _Keep.by_importance(teacher, spec, sources, importance_scores)
-    _transplant(teacher, student, sources, keep)
-    return student
+    if init == "copy" and not same_width:
+        raise UserError(
+            f"copy initialisation needs the teacher's widths ({tcfg.hidden_size} hidden, "
+            f"{tcfg.num_attention_heads} heads, {tcfg.intermediate_size} FFN); "
+            f"use 'extract' for {spec.size_name}"
+        )
+    if init == "extract" and spec.hidden // spec.heads != tcfg.hidden_size // tcfg.num_attention_heads:
+        raise UserError(
+            f"extract keeps whole heads: the student's head size ({spec.hidden // spec.heads}) "
+            f"must equal the teacher's ({tcfg.hidden_size // tcfg.num_attention_heads})"
+        )
 
 
 def _layer_sources(m: int, n: int, given: Sequence[int | None] | None) -> list[int]:

@@ -41,9 +41,23 @@ def describe(exc: ValidationError) -> str:
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown fields are rejected, values are validated on assignment."""
+    """Base of every config model: unknown fields are rejected, values are validated on assignment, and a
+    nested section given in part keeps its default's other settings (``task: {prediction: {steps: 100}}``
+    keeps the prediction stage's ``prediction_ce``): sections merge field by field, never replace."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_with_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, spec in cls.model_fields.items():
+            default, given = spec.default, merged.get(name)
+            if isinstance(default, BaseModel) and isinstance(given, dict):
+                merged[name] = {**default.model_dump(exclude_unset=True), **given}
+        return merged
 
 
 def check_task(name: str) -> str:

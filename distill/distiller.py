@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import xxhash
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -55,6 +57,9 @@ class TeacherSource(Protocol):
 
     heads: int
     hidden_size: int
+    identity: str
+    """What the teacher is (its weights; for a cache, also the data and settings it was made on): a
+    checkpoint of another teacher is never resumed."""
 
     def views(
         self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
@@ -72,6 +77,7 @@ class LiveTeacher:
         self.model = enable_capture(model.to(default_device()).eval())  # type: ignore[arg-type]
         self.heads = int(model.config.num_attention_heads)
         self.hidden_size = int(model.config.hidden_size)
+        self.identity = f"live:{weights_digest(model)}"
 
     @torch.no_grad()
     def views(
@@ -95,12 +101,30 @@ class CachedTeacher:
         self.cache = cache
         self.heads = cache.heads
         self.hidden_size = cache.hidden_size
+        self.identity = f"cache:{cache.fingerprint}"
 
     def views(
         self, rows: list[int], batch: dict[str, torch.Tensor], hidden: list[int], qkv: list[int]
     ) -> Views:
         device = batch["input_ids"].device
         return self.cache.views(rows, batch["input_ids"].shape[1], hidden, qkv, device=device)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """xxhash64 of every tensor of the model, in name order (what its weights are)."""
+    h = xxhash.xxh64()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rows_digest(packed: PackedRows) -> str:
+    """xxhash64 of the rows a run trains on (ids, segments, lengths, references): its data's identity."""
+    h = xxhash.xxh64()
+    for part in (packed.lengths, packed.ids, packed.types, packed.references):
+        h.update(b"|" if part is None else np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -240,11 +264,14 @@ class Distiller:
         pad_id: int = 0,
         stop_after: int | None = None,
         desc: str = "distil",
+        restart_foreign: bool = False,
     ) -> DistillResult:
         """Train over ``data`` (tokenized rows; row i is example i of a cached teacher).
 
-        With ``checkpoint_dir``, resumes from its checkpoint when one exists. ``stop_after`` ends the run
-        early after that many steps (as a kill would, but cleanly) — for tests of resuming.
+        With ``checkpoint_dir``, resumes from its checkpoint when one exists: one of another run (other
+        settings, data, teacher or student) is refused, or with ``restart_foreign`` replaced by a fresh
+        start. ``stop_after`` ends the run early after that many steps (as a kill would, but cleanly) — for
+        tests of resuming.
         """
         s = self.settings
         packed = PackedRows(data)
@@ -255,15 +282,19 @@ class Distiller:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
         seed_everything(s.seed)
         step = 0
-        ckpt = Checkpoint(Path(checkpoint_dir), self.run_key(data)) if checkpoint_dir else None
+        ckpt = Checkpoint(Path(checkpoint_dir), self.run_key(packed)) if checkpoint_dir else None
+        running = float("nan")
+        parts: dict[str, float] = {}
         if ckpt is not None and ckpt.exists():
-            step = ckpt.load(self.student, self.projections, optimizer, scheduler)
-            log.info("resumed %s at step %d of %d", desc, step, total)
+            if restart_foreign and not ckpt.matches():
+                log.info("%s: the checkpoint in %s is of other inputs; starting afresh", desc, ckpt.folder)
+                ckpt.discard()
+            else:
+                step, running, parts = ckpt.load(self.student, self.projections, optimizer, scheduler)
+                log.info("resumed %s at step %d of %d", desc, step, total)
         resumed_from = step
         self.student.train()
         start = time.perf_counter()
-        running = float("nan")
-        parts: dict[str, float] = {}
         bar = tqdm(total=total, initial=step, desc=desc, unit="step")
         end = min(total, stop_after) if stop_after is not None else total
         epoch, skip = divmod(step, per_epoch)
@@ -279,7 +310,7 @@ class Distiller:
                 bar.set_postfix(loss=f"{running:.4f}")
                 periodic = s.checkpoint_every and step % s.checkpoint_every == 0
                 if ckpt is not None and (step == total or periodic):
-                    ckpt.save(step, self.student, self.projections, optimizer, scheduler)
+                    ckpt.save(step, self.student, self.projections, optimizer, scheduler, running, parts)
                 if step >= end:
                     break
             skip = 0
@@ -288,16 +319,18 @@ class Distiller:
         self.student.eval()
         return DistillResult(step, running, parts, time.perf_counter() - start, resumed_from)
 
-    def run_key(self, data: Dataset) -> str:
-        """What a checkpoint must match to be resumed: settings, pairs, data size, student shape."""
+    def run_key(self, data: Dataset | PackedRows) -> str:
+        """What a checkpoint must match to be resumed: the settings, the pairs, the rows trained on, the
+        teacher (and its cache), the student's shape and kind."""
+        packed = data if isinstance(data, PackedRows) else PackedRows(data)
         cfg = self.student.config
         shape: tuple[int, ...] = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
         if hasattr(cfg, "intermediate_size"):  # a NAS-BERT student has its path instead
             shape += (cfg.intermediate_size,)
         options = kind_of_model(self.student).checkpoint_options(cfg)
-        if options:  # a Kronecker, referenced or NAS student is another run than a plain one of its shape
-            return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape, options)
-        return fingerprint(self.settings.model_dump(), self.pairs, len(data), shape)
+        return fingerprint(
+            self.settings.model_dump(), self.pairs, rows_digest(packed), self.teacher.identity, shape, options
+        )
 
 
 class Checkpoint:
@@ -310,6 +343,12 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / "state.json").is_file()
 
+    def matches(self) -> bool:
+        return bool(json.loads((self.folder / "state.json").read_text()).get("key") == self.key)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder)
+
     def save(
         self,
         step: int,
@@ -317,6 +356,8 @@ class Checkpoint:
         projections: nn.ModuleDict,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss: float = float("nan"),
+        parts: dict[str, float] | None = None,
     ) -> None:
         with atomic_dir(self.folder) as tmp:
             tensors = {f"student.{k}": v.contiguous() for k, v in student.state_dict().items()}
@@ -335,6 +376,8 @@ class Checkpoint:
             state = {
                 "key": self.key,
                 "step": step,
+                "loss": None if math.isnan(loss) else loss,  # what a run resumed at its end reports
+                "parts": parts or {},
                 "python_rng": _jsonable(random.getstate()),
                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
             }
@@ -346,7 +389,8 @@ class Checkpoint:
         projections: nn.ModuleDict,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ) -> int:
+    ) -> tuple[int, float, dict[str, float]]:
+        """Restore the training state; returns the step, the running loss and its parts at that step."""
         state = json.loads((self.folder / "state.json").read_text())
         if state["key"] != self.key:
             raise UserError(
@@ -365,7 +409,8 @@ class Checkpoint:
         random.setstate(_tupled(state["python_rng"]))  # type: ignore[arg-type]
         np_state = state["numpy_rng"]
         np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
-        return int(state["step"])
+        loss = state.get("loss")
+        return int(state["step"]), float("nan") if loss is None else float(loss), dict(state.get("parts", {}))
 
 
 def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -399,11 +444,24 @@ def distill_task(
     regression: bool = False,
     checkpoint_dir: str | Path | None = None,
     pad_id: int = 0,
+    restart_foreign: bool = False,
 ) -> dict[str, DistillResult]:
     """TinyBERT's task distillation: intermediate-layer stage, then prediction-layer stage."""
     folder = Path(checkpoint_dir) if checkpoint_dir else None
     first = Distiller(student, teacher, pairs, config.intermediate, regression)
-    r1 = first.fit(data, folder / "intermediate" if folder else None, pad_id, desc="distil: layers")
+    r1 = first.fit(
+        data,
+        folder / "intermediate" if folder else None,
+        pad_id,
+        desc="distil: layers",
+        restart_foreign=restart_foreign,
+    )
     second = Distiller(student, teacher, pairs, config.prediction, regression, projections=first.projections)
-    r2 = second.fit(data, folder / "prediction" if folder else None, pad_id, desc="distil: prediction")
+    r2 = second.fit(
+        data,
+        folder / "prediction" if folder else None,
+        pad_id,
+        desc="distil: prediction",
+        restart_foreign=restart_foreign,
+    )
     return {"intermediate": r1, "prediction": r2}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +31,13 @@ from distilnas.distill.metrics import task_score
 from distilnas.distill.prepared import PreparedData
 from distilnas.distill.students import StudentRecord, TaskInputs, kind_of_model
 from distilnas.distill.teacher import ModelSource, has_head_for, load_for_task, load_tokenizer
-from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, seed_everything
+from distilnas.distill.utils import (
+    atomic_dir,
+    atomic_write_json,
+    default_device,
+    fingerprint,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +121,61 @@ class Distillation:
     def checkpoint(self, name: str) -> Path | None:
         return self.folder / f"checkpoint-{name}" if self.folder is not None else None
 
+    # ------------------------------------------------------------------ what made a saved stage
+
+    @cached_property
+    def general_key(self) -> str:
+        """The general stage's inputs: the student, its start, the pairs, the settings, the teacher's
+        outputs on the corpus sample (their cache's fingerprint) and the seed."""
+        student = {k: v for k, v in self.record.to_json().items() if k not in ("name", "origin")}
+        corpus = self.data.corpus.fingerprint if self.data.corpus is not None else None
+        steps = self.budget.general_steps if self.budget is not None else None
+        settings = self.stage(self.config.general, steps).model_dump(mode="json")
+        start = self.config.student.model_dump(mode="json")
+        return fingerprint(
+            "general-v1", student, start, self.pairs, settings, corpus, self.data.teacher, self.data.seed
+        )
+
+    def task_key(self, name: str) -> str:
+        """A task stage's inputs: the general stage's, the fine-tuned teacher's outputs on the task's rows
+        (and a referenced student's store), the stage settings and the rows."""
+        entry = self.data.task(name)
+        teacher = (entry.teacher_id, entry.fingerprint, entry.store)
+        stages = self.config.task.model_dump(mode="json")
+        rows = (self.data.train_limit, self.data.max_length)
+        return fingerprint(
+            "task-v1",
+            self.general_key,
+            teacher,
+            stages,
+            self.config.baseline.model_dump(mode="json"),
+            rows,
+            self.budget,
+        )
+
+    @staticmethod
+    def finished(record: Path, key: str) -> dict[str, Any] | None:
+        """A saved stage's record when it was made from these inputs; a stage made from others is
+        removed (it is trained again)."""
+        if not record.is_file():
+            return None
+        saved = dict(json.loads(record.read_text()))
+        if saved.get("key") == key:
+            return saved
+        log.info("%s: made from other inputs (teacher, data or settings); training it again", record.parent)
+        shutil.rmtree(record.parent)
+        return None
+
     # ------------------------------------------------------------------ general distillation
 
     def general(self, encoder: PreTrainedModel | None = None) -> dict[str, Any]:
         """General distillation of ``encoder`` (default: the initial one) on the corpus sample; its
         outcome (loss, steps, seconds). A finished one in ``folder`` is read back."""
         saved = self.folder / "general" if self.folder is not None else None
-        if saved is not None and (saved / "general.json").is_file():
+        done = self.finished(saved / "general.json", self.general_key) if saved is not None else None
+        if done is not None:
             log.info("general distillation: finished earlier (%s)", saved)
-            return dict(json.loads((saved / "general.json").read_text()))
+            return {k: v for k, v in done.items() if k != "key"}
         if self.data.corpus is None:
             raise ValueError("general distillation needs a prepared corpus")
         seed_everything(self.data.seed)
@@ -131,7 +184,11 @@ class Distillation:
         result = Distiller(
             encoder, self.data.corpus.teacher(), self.pairs, self.stage(self.config.general, steps)
         ).fit(
-            self.data.corpus.dataset(), self.checkpoint("general"), self.pad_id, desc="general distillation"
+            self.data.corpus.dataset(),
+            self.checkpoint("general"),
+            self.pad_id,
+            desc="general distillation",
+            restart_foreign=True,  # a checkpoint of other inputs: the stage is trained again
         )
         log.info(
             "general distillation: %d steps, loss %.4f, %.0fs", result.steps, result.loss, result.seconds
@@ -141,7 +198,7 @@ class Distillation:
             with atomic_dir(saved) as tmp:
                 encoder.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-                atomic_write_json(tmp / "general.json", outcome)
+                atomic_write_json(tmp / "general.json", {**outcome, "key": self.general_key})
         self._encoder = encoder
         return outcome
 
@@ -153,10 +210,16 @@ class Distillation:
         if self.budget is not None and self.budget.general_steps is None:
             seed_everything(self.data.seed)
             self._encoder = self.initial()
-        elif self.folder is not None and (self.folder / "general" / "general.json").is_file():
-            self._encoder = AutoModel.from_pretrained(self.folder / "general", attn_implementation="eager")
         else:
-            self.general()
+            done = self.folder is not None and self.finished(
+                self.folder / "general" / "general.json", self.general_key
+            )
+            if done and self.folder is not None:
+                self._encoder = AutoModel.from_pretrained(
+                    self.folder / "general", attn_implementation="eager"
+                )
+            else:
+                self.general()
         assert self._encoder is not None
         return self._encoder
 
@@ -209,6 +272,7 @@ class Distillation:
             task.is_regression,
             self.checkpoint(name),
             self.pad_id,
+            restart_foreign=True,
         )
         figures = {f"{k}_loss": r.loss for k, r in results.items()} | {
             f"{k}_seconds": r.seconds for k, r in results.items()
@@ -237,8 +301,9 @@ class Distillation:
         ``student.json`` and (``predictions``) the GLUE test-set files; a finished one is read back."""
         assert self.folder is not None, "saved_task needs a folder"
         target = self.folder / name
-        if (target / "student.json").is_file():
-            return dict(json.loads((target / "student.json").read_text())["outcome"])
+        done = self.finished(target / "student.json", self.task_key(name))
+        if done is not None:
+            return dict(done["outcome"])
         outcome = self.task(name, tests=predictions)
         entry = self.data.task(name)
         record = {
@@ -249,6 +314,7 @@ class Distillation:
             "seed": self.data.seed,
             "outcome": outcome.to_json(),
             **(extra or {}),
+            "key": self.task_key(name),
         }
         with atomic_dir(target) as tmp:
             outcome.model.save_pretrained(tmp)

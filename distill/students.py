@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from distilnas.distill.bert import BertShape, bert_config, build_student
+from distilnas.distill.bert import BertShape, bert_config, build_student, check_build
 from distilnas.distill.config import LatencyConfig, StudentConfig
 from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
@@ -183,6 +183,11 @@ class StudentKind:
     ) -> PreTrainedModel:
         """The student's encoder before distillation."""
         return build_student(spec, teacher, init, layer_sources, seed=seed, importance_scores=scores)  # type: ignore[arg-type]
+
+    def check_start(self, spec: StudentSpec, teacher: PretrainedConfig, init: str) -> None:
+        """Refuse a start the teacher cannot give (copied or extracted layers wider than its), from its
+        config alone, before any work."""
+        check_build(spec, teacher, init)
 
     def random_encoder(self, spec: StudentSpec, teacher: PretrainedConfig) -> PreTrainedModel:
         """The encoder as deployed, with random weights (its size and speed do not depend on them)."""
@@ -478,6 +483,9 @@ class NasBert(StudentKind):
         """Its inherited weights, extracted from the supernet (where its distillation starts)."""
         assert spec.nas is not None
         return AutoModel.from_pretrained(spec.nas["folder"])
+
+    def check_start(self, spec: StudentSpec, teacher: PretrainedConfig, init: str) -> None:
+        pass  # it starts from the supernet's weights
 
     def settings(self, losses: dict[str, float]) -> dict[str, float]:
         """Its losses among those it can serve, or hidden-state MSE at the block boundaries when none

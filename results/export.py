@@ -58,6 +58,34 @@ def student_record(
     }
 
 
+def is_own_export(folder: Path, config_hash: str) -> bool:
+    """Whether ``folder`` is an export this run (its config hash) wrote."""
+    record = folder / "student.json"
+    try:
+        return record.is_file() and json.loads(record.read_text()).get("config_hash") == config_hash
+    except (OSError, ValueError):
+        return False
+
+
+def export_targets(table: pd.DataFrame, dest: Path, config_hash: str, front_only: bool = True) -> list[Path]:
+    """The folders the exports go to, checked before anything is written: ``dest`` may be new, empty or
+    hold this run's exports only; a target that exists is refused unless it is this run's own export of
+    the same student (then it is kept: resuming)."""
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: not a folder; choose another export folder")
+    if dest.is_dir():
+        strangers = sorted(p for p in dest.iterdir() if not is_own_export(p, config_hash))
+        if strangers:
+            raise UserError(
+                f"{strangers[0]}: export target exists (not this run's export); choose another folder"
+            )
+    rows = list(exported(table, front_only).itertuples())
+    names = [export_name(r) for r in rows]
+    # students with the same figures (same shape, same scores) are told apart by their origin
+    names = [n if names.count(n) == 1 else f"{n}_{r.origin}" for n, r in zip(names, rows, strict=True)]
+    return [dest / n for n in names]
+
+
 def export_students(
     table: pd.DataFrame,
     sources: dict[str, ExportSource],
@@ -66,22 +94,9 @@ def export_students(
     dest: Path,
     front_only: bool = True,
 ) -> list[Path]:
-    """Write every exported student under ``dest``. A folder that exists is refused before anything is
-    written, unless it is this run's own export of the same student (then it is kept: resuming)."""
+    """Write every exported student under ``dest`` (checked first: :func:`export_targets`)."""
+    targets = export_targets(table, dest, provenance.config_hash, front_only)
     rows = list(exported(table, front_only).itertuples())
-    names = [export_name(r) for r in rows]
-    # students with the same figures (same shape, same scores) are told apart by their origin
-    names = [n if names.count(n) == 1 else f"{n}_{r.origin}" for n, r in zip(names, rows, strict=True)]
-    targets = [dest / n for n in names]
-    for target in targets:
-        record = target / "student.json"
-        if target.exists():
-            mine = (
-                record.is_file()
-                and json.loads(record.read_text()).get("config_hash") == provenance.config_hash
-            )
-            if not mine:
-                raise UserError(f"{target}: export target exists (from elsewhere); choose another folder")
     written = []
     for target, r in zip(targets, rows, strict=True):
         if target.exists():

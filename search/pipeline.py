@@ -17,7 +17,7 @@ from typing import Any
 
 from distilnas.distill.glue import get_task
 from distilnas.distill.teacher import FineTunedTeacher, fine_tuned_teacher, resolve
-from distilnas.results.export import export_students
+from distilnas.results.export import export_students, export_targets
 from distilnas.results.report import write_run_report
 from distilnas.results.table import front_hypervolume, results_table, write_table
 from distilnas.search.config import RunConfig
@@ -62,6 +62,9 @@ def finish(cfg: RunConfig, run: RunFolder, search: dict[str, Any] | None, dest: 
     """Table, exports and report from a finished final stage (also ``distilnas export`` / ``report``)."""
     done = scored(cfg, run, run.final.results())
     table = results_table(done.teacher, done.students, done.tasks)
+    export_targets(
+        table, dest, done.provenance.config_hash, cfg.final.export_front
+    )  # refused: nothing written
     write_table(table, run.results_dir)
     exports = export_students(table, done.sources, done.tasks, done.provenance, dest, cfg.final.export_front)
     notes = {"latency": cfg.final.latency.model_dump(), "hypervolume": front_hypervolume(table)}

@@ -31,6 +31,11 @@ from distilnas.search.config import RunConfig
 CONFIG = "config.json"
 RESULTS = "results.json"
 
+MAPPING_INPUTS = ("teacher", "data", "proxy", "distill", "search.mapping", "seed")
+"""What the mapping search's outputs depend on (another final stage may reuse them)."""
+SUPERNET_INPUTS = ("teacher", "data", "distill.max_length", "search.supernet", "final.latency", "seed")
+"""What the supernet search's outputs depend on (its latency table is timed at ``final.latency``)."""
+
 
 @dataclass(frozen=True)
 class Studies:
@@ -73,11 +78,30 @@ class Studies:
         return self.name("supernet", "fidelity")
 
 
-class Folder:
-    """A folder that records the config that made it (``config.json``) and may hold ``results.json``."""
+def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first setting (a dotted path) where two config trees differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if old == new else (path, old, new)
 
-    def __init__(self, path: Path) -> None:
+
+def show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, dict | list | str) else str(value)
+
+
+class Folder:
+    """A folder that records the config that made it (``config.json``) and may hold ``results.json``.
+
+    ``inputs``: the config sections its outputs depend on (None: the whole config); another config that
+    agrees on them may use the folder's outputs, one that does not is refused naming the setting."""
+
+    def __init__(self, path: Path, inputs: tuple[str, ...] | None = None) -> None:
         self.path = Path(path)
+        self.inputs = inputs
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -90,18 +114,37 @@ class Folder:
     def started(self) -> bool:
         return self.config_file.is_file()
 
+    def difference(self, cfg: RunConfig) -> tuple[str, Any, Any] | None:
+        """The first of the folder's inputs where ``cfg`` differs from the config that made it."""
+        old, new = self._recorded()["config"], cfg.model_dump(mode="json")
+        for section in self.inputs or ("",):
+            a: Any = old
+            b: Any = new
+            for part in filter(None, section.split(".")):
+                a, b = (a or {}).get(part), (b or {}).get(part)
+            found = first_difference(a, b, section)
+            if found:
+                return found
+        return None
+
+    def check_inputs(self, cfg: RunConfig, what: str = "") -> None:
+        """Refuse to use the folder's outputs for ``cfg`` unless they were made from the same inputs."""
+        found = self.difference(cfg)
+        if found:
+            field, old, new = found
+            raise UserError(
+                f"{self.path}: {what}{self.path.name} was made with {field}={show(old)}; this config has "
+                f"{show(new)} (choose another output_dir, or remove the folder)"
+            )
+
     def check(self, cfg: RunConfig, resume: bool) -> None:
         """A folder belongs to one config: resuming another's, or overwriting one, is refused."""
         if self.started:
-            old = self.recorded_hash()
             if not resume:
                 raise UserError(
                     f"{self.path}: a run is already here; pass --resume or choose another output_dir"
                 )
-            if old != cfg.config_hash():
-                raise UserError(
-                    f"{self.path}: --resume with another config (hash {old}, this one {cfg.config_hash()})"
-                )
+            self.check_inputs(cfg, "--resume with another config: ")
         elif resume:
             raise UserError(f"{self.path}: nothing to resume")
 
@@ -172,11 +215,11 @@ class RunFolder(Folder):
 
     @property
     def mapping(self) -> Folder:
-        return Folder(self.path / "search-mapping")
+        return Folder(self.path / "search-mapping", MAPPING_INPUTS)
 
     @property
     def supernet(self) -> Folder:
-        return Folder(self.path / "search-supernet")
+        return Folder(self.path / "search-supernet", SUPERNET_INPUTS)
 
     @property
     def final(self) -> Folder:

@@ -10,6 +10,7 @@ import typer
 from distilnas.search.cli import render
 from distilnas.search.cli.app import JsonOpt, app, emit, setup_logging
 from distilnas.search.config import load_config
+from distilnas.search.preflight import check_distill
 from distilnas.search.stages.distill import distill_student, with_overrides
 
 
@@ -34,6 +35,7 @@ def distill(
     The teacher is fine-tuned per task first (cached). Every stage reads the teacher's outputs from the
     cache and checkpoints, so a killed run picks up where it stopped; a finished stage is read back."""
     cfg = with_overrides(load_config(config), student, mapping)
+    check_distill(cfg, task)  # before anything is written, a log included
     setup_logging(cfg.output_dir / "logs" / "distill.log")
     out = distill_student(cfg, task, baseline)
     title = f"student {out.spec.name} ({out.folder.name}), dev"

@@ -22,6 +22,7 @@ from distilnas.search.config import load_config
 from distilnas.search.inspect import inspect as inspect_student
 from distilnas.search.inspect import load_student_file
 from distilnas.search.pipeline import fine_tuned
+from distilnas.search.preflight import check_teacher
 
 
 @app.command()
@@ -35,8 +36,7 @@ def teacher(
     A teacher already fine-tuned with the same (teacher, task, data, settings) comes from the cache.
     """
     cfg = load_config(config)
-    for t in task:  # every name checked before any work
-        get_task(t)
+    check_teacher(cfg, task)  # before anything is written, a log included
     setup_logging(cfg.output_dir / "logs" / "teacher.log")
     results: dict[str, Any] = {
         name: {"metrics": ft.metrics, "path": str(ft.path), "cached": cached, "fingerprint": ft.fingerprint}

@@ -23,6 +23,7 @@ from distilnas.search.cli.app import (
 )
 from distilnas.search.config import load_config
 from distilnas.search.pipeline import finish, run_pipeline
+from distilnas.search.preflight import check_run
 from distilnas.search.rundir import RunFolder
 
 
@@ -45,6 +46,7 @@ def run(
     students fully and score them on GLUE, then the results table, the Pareto-front exports and the
     report. Each stage is skipped when its outputs exist; `--resume` continues a stopped run."""
     cfg = load_config(config)
+    check_run(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).log)
     with stdout_to_stderr():
         out = run_pipeline(cfg, resume=resume, address=address)

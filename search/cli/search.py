@@ -22,11 +22,11 @@ from distilnas.search.cli.app import (
     stdout_to_stderr,
 )
 from distilnas.search.config import load_config
+from distilnas.search.preflight import check_mapping_search, check_supernet_search
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.fidelity import run_fidelity
 from distilnas.search.stages.mapping import run_mapping_search
 from distilnas.search.stages.supernet import (
-    checked_space,
     extract_student,
     nas_space,
     run_supernet_search,
@@ -48,6 +48,7 @@ def search_mapping(
     last-layers baselines and random search at the same budget. Every trial lands in the run's Optuna
     storage; the GA state is checkpointed every generation."""
     cfg = load_config(config)
+    check_mapping_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).mapping / "search.log")
     with stdout_to_stderr():
         results = run_mapping_search(cfg, resume=resume, address=address)
@@ -66,7 +67,7 @@ def search_supernet(
     NSGA-II over whole students, and the best re-scored with inherited weights. Prints the Pareto front
     over (proxy loss, parameters, latency); its students are saved as transformers folders."""
     cfg = load_config(config)
-    checked_space(cfg)  # bad settings fail before anything is written
+    check_supernet_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).supernet / "search.log")
     with stdout_to_stderr():
         results = run_supernet_search(cfg, resume=resume, address=address)

@@ -22,6 +22,7 @@ from distilnas.distill.recipes import Distillation
 from distilnas.distill.students import StudentRecord, StudentSpec, student_spec
 from distilnas.distill.teacher import model_config, resolve, saved_teacher
 from distilnas.search.config import RunConfig
+from distilnas.search.preflight import configured_mapping
 from distilnas.search.stages.final import prepare_tasks
 from distilnas.spaces.mapping import LayerMapping
 
@@ -69,25 +70,13 @@ def with_overrides(cfg: RunConfig, student: str | None, mapping: str | None) -> 
     return cfg.model_copy(update={"distill": dcfg})
 
 
-def configured_mapping(cfg: RunConfig, teacher_layers: int) -> LayerMapping:
-    m = cfg.distill.student.layers
-    named = {"uniform": LayerMapping.uniform, "last": LayerMapping.last}
-    text = cfg.distill.mapping
-    mapping = (
-        named[text](m, teacher_layers) if text in named else LayerMapping.from_string(text, teacher_layers)
-    )
-    if mapping.student_layers != m:
-        raise UserError(f"mapping {mapping} has {mapping.student_layers} student layers, the student has {m}")
-    return mapping
-
-
 def distill_student(cfg: RunConfig, tasks: list[str], baseline: bool = False) -> DistilledStudent:
     """Distil ``cfg``'s student (``distill`` section) on ``tasks``; every check runs before any work."""
     names = [get_task(t).name for t in tasks]
     if cfg.data.corpus is None:
         raise UserError("data.corpus: general distillation needs a corpus")
     tcfg = model_config(resolve(cfg.teacher.name))
-    mapping = configured_mapping(cfg, int(tcfg.num_hidden_layers))
+    mapping = configured_mapping(cfg, tcfg)
     spec = student_spec(cfg.distill.student, tcfg)
     name = f"{spec.name}_map{str(mapping).replace(',', '.').replace('/', 'of')}"
     folder = (cfg.output_dir / "students" / name).resolve()

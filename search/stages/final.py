@@ -73,15 +73,17 @@ def chosen_students(
             students[key].origin.append(origin)
             continue
         students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
-    nas = supernet_students(run, n) if "supernet" in cfg.final.students else []
+    nas = supernet_students(cfg, run, n) if "supernet" in cfg.final.students else []
     return [*students.values(), *nas]
 
 
-def supernet_students(run: RunFolder, teacher_layers: int) -> list[StudentRecord]:
-    """The supernet search's front students, read from their saved folders."""
+def supernet_students(cfg: RunConfig, run: RunFolder, teacher_layers: int) -> list[StudentRecord]:
+    """The supernet search's front students, read from their saved folders (of a search made from this
+    config's inputs)."""
     stage = run.supernet
     if not stage.finished:
         raise UserError("final.students: 'supernet' needs a finished supernet search")
+    stage.check_inputs(cfg)
     out = []
     for saved in stage.results()["front"]:
         path = (stage / "students" / saved).resolve()

@@ -177,8 +177,12 @@ def test_a_checkpoint_is_of_one_store(pool, tmp_path: Path) -> None:  # type: ig
     from distilnas.distill.distiller import Distiller, LiveTeacher
     from distilnas.distill.reference_store import task_store
 
+    from datasets import Dataset
+
     cache, store = pool
-    data = [0] * 8
+    data = Dataset.from_dict(
+        {"input_ids": [[101, 102]] * 8, "token_type_ids": [[0, 0]] * 8, "length": [2] * 8}
+    )
     teacher = LiveTeacher(BertForSequenceClassification(referenced_student().config))
     settings = DistillSettings(losses={"prediction_ce": 1.0}, steps=1)
 

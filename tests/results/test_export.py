@@ -4,6 +4,7 @@ is written, this run's own kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -60,12 +61,15 @@ def test_front_students_are_exported_with_their_record(tmp_path: Path) -> None:
     assert len(every) == 2
     # this run's own export is kept; another run's (another hash) or a stranger's folder is refused
     assert export_students(table, sources, TASKS, PROVENANCE, tmp_path / "exports") == written
-    other = Provenance(*PROVENANCE.__dict__.values()).__class__(
-        **{**PROVENANCE.__dict__, "config_hash": "h2"}
-    )
+    other = dataclasses.replace(PROVENANCE, config_hash="h2")
     with pytest.raises(UserError, match="export target exists"):
         export_students(table, sources, TASKS, other, tmp_path / "exports")
     (tmp_path / "strange" / written[0].name).mkdir(parents=True)
     with pytest.raises(UserError, match="export target exists"):
         export_students(table, sources, TASKS, PROVENANCE, tmp_path / "strange")
     assert [p.name for p in (tmp_path / "strange").iterdir()] == [written[0].name]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")  # a folder of someone's own: never written into
+    with pytest.raises(UserError, match=r"notes\.txt: export target exists"):
+        export_students(table, sources, TASKS, PROVENANCE, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -1,0 +1,339 @@
+"""Preflight: what a command can check before its first expensive step, checked first.
+
+The config against the teacher's config alone (no weights): the student's shape, heads, Kronecker factors
+and references, how it starts, the mapping, the search spaces; that every task has the splits its stage
+reads; the corpus files (readable, UTF-8); the Ray address; the storage URL; that ``output_dir`` can be
+written; and the disk space the teacher-output caches it will build need (estimated from rows, fields and
+layers). A failure is one line and exit code 2, with nothing written — not even a log.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from transformers import PretrainedConfig
+
+from distilnas.distill.corpus import load_corpus
+from distilnas.distill.errors import DataError, UserError
+from distilnas.distill.glue import get_task, load_split, task_folder
+from distilnas.distill.losses import teacher_fields
+from distilnas.distill.students import StudentSpec, student_spec
+from distilnas.distill.teacher import model_config, resolve
+from distilnas.search.config import RunConfig
+from distilnas.search.rundir import RunFolder
+from distilnas.search.stages.supernet import checked_space
+from distilnas.spaces.mapping import LayerMapping
+from distilnas.spaces.mapping_space import MappingSpace
+
+GIB = 1 << 30
+
+
+def writable(path: Path, what: str) -> None:
+    """``path`` is a folder, or can be made one (its nearest existing parent is a writable folder)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what}: {path} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {path} cannot be created or written ({parent} is not a writable folder)")
+
+
+def teacher_config(cfg: RunConfig) -> PretrainedConfig:
+    try:
+        return model_config(resolve(cfg.teacher.name))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"teacher.name {cfg.teacher.name!r}: its config cannot be read ({exc})") from None
+
+
+def student(cfg: RunConfig, tcfg: PretrainedConfig) -> StudentSpec:
+    """``distill.student`` resolved against the teacher, and able to start as ``init`` says."""
+    spec = student_spec(cfg.distill.student, tcfg)
+    try:
+        spec.kind.check_start(spec, tcfg, cfg.distill.student.init)
+    except UserError as exc:
+        raise UserError(f"distill.student: {exc}") from None
+    return spec
+
+
+def configured_mapping(cfg: RunConfig, tcfg: PretrainedConfig) -> LayerMapping:
+    """``distill.mapping`` for ``distill.student`` onto the teacher."""
+    m, n = cfg.distill.student.layers, int(tcfg.num_hidden_layers)
+    named = {"uniform": LayerMapping.uniform, "last": LayerMapping.last}
+    text = cfg.distill.mapping
+    found = named[text](m, n) if text in named else LayerMapping.from_string(text, n)
+    if found.student_layers != m:
+        raise UserError(f"mapping {found} has {found.student_layers} student layers, the student has {m}")
+    return found
+
+
+def splits(cfg: RunConfig, field: str, tasks: Iterable[str], tests: bool = False) -> None:
+    """Every task of ``field`` has, in the local GLUE folder, the splits its stage reads: train and dev
+    (and test, whose predictions the final stage writes). The hub is not checked offline."""
+    if cfg.data.glue_dir is None:
+        return
+    for i, name in enumerate(tasks):
+        task = get_task(name)
+        needed = [task.train_split, *task.eval_splits, *(task.test_splits if tests else ())]
+        if None in needed:
+            raise UserError(f"{field}[{i}]: {task.name} has no training split (it cannot be trained on)")
+        for split in needed:
+            folder = task_folder(task, cfg.data.glue_dir)
+            if not (folder / task.layouts[str(split)].file).is_file():
+                raise UserError(
+                    f"{field}[{i}]: {task.name} has no {split} split in {folder} "
+                    f"(no {task.layouts[str(split)].file})"
+                )
+
+
+def corpus(cfg: RunConfig, why: str) -> list[str]:
+    """The corpus, which ``why`` needs: configured, its files readable UTF-8 text with examples."""
+    if cfg.data.corpus is None:
+        raise UserError(f"data.corpus: {why} needs a corpus")
+    for f in cfg.data.corpus.files:
+        check_text(f)
+    return load_corpus(cfg.data.corpus) if cfg.data.corpus.files else []
+
+
+def check_text(path: Path) -> None:
+    """A text file that decodes as UTF-8 (the first bad byte is named)."""
+    if not path.is_file():
+        raise DataError(f"{path}: corpus file not found")
+    offset = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.start < len(chunk) - 3:  # not a character cut by the chunk's end
+                    raise DataError(f"{path}: not UTF-8 text (byte {offset + exc.start})") from None
+            offset += len(chunk)
+
+
+def ray_address(address: str | None) -> None:
+    """A ``host:port`` address answers (``auto`` and ``ray://`` are left to Ray's start-up)."""
+    if not address or address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"ray.address {address!r}: cannot connect ({exc})") from None
+
+
+def storage(url: str | None) -> None:
+    """An RDB URL that parses, whose driver is installed, and that answers (a SQLite file's folder must
+    exist); nothing is created."""
+    if url is None:
+        return
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                writable(Path(parsed.database).parent, f"storage.url {url!r}")
+            return
+        engine = create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (ArgumentError, SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise UserError(f"storage.url {url!r}: cannot open ({type(exc).__name__}: {reason})") from None
+
+
+@dataclass
+class Cache:
+    """A teacher-output cache a command will build: its rows, their tokens (at most), its fields."""
+
+    what: str
+    rows: int
+    tokens: int
+    fields: frozenset[str]
+
+
+def cache_bytes(cache: Cache, tcfg: PretrainedConfig) -> int:
+    """fp16 hidden states of every layer, Q/K/V of every layer, fp32 logits (the cache's layout)."""
+    layers, hidden = int(tcfg.num_hidden_layers), int(tcfg.hidden_size)
+    per_token = 0
+    if "hidden" in cache.fields:
+        per_token += (layers + 1) * hidden * 2
+    if "qkv" in cache.fields:
+        per_token += layers * 3 * hidden * 2
+    logits = (
+        cache.rows * max(int(getattr(tcfg, "num_labels", 2) or 2), 1) * 4 if "logits" in cache.fields else 0
+    )
+    return cache.tokens * per_token + logits + 8 * (cache.rows + 1)
+
+
+def tokens(texts: Iterable[str], max_length: int) -> tuple[int, int]:
+    """Rows and an estimate of their tokens (a WordPiece token per 4 characters, plus [CLS] and [SEP],
+    at most ``max_length``)."""
+    rows, total = 0, 0
+    for text in texts:
+        rows += 1
+        total += min(max_length, math.ceil(len(text) / 4) + 2)
+    return rows, total
+
+
+def disk(cfg: RunConfig, tcfg: PretrainedConfig, caches: list[Cache]) -> None:
+    """The caches fit on the cache folder's disk (with a tenth to spare)."""
+    need = sum(cache_bytes(c, tcfg) for c in caches)
+    root = cfg.cache_dir
+    while not root.exists():
+        root = root.parent
+    free = shutil.disk_usage(root).free
+    if need * 1.1 > free:
+        parts = ", ".join(f"{c.what} {cache_bytes(c, tcfg) / GIB:.1f} GiB" for c in caches)
+        raise UserError(
+            f"data.cache_dir: the teacher-output caches need about {need / GIB:.1f} GiB ({parts}), "
+            f"{cfg.cache_dir} has {free / GIB:.1f} GiB free"
+        )
+
+
+def corpus_cache(
+    texts: list[str], fraction: float, max_length: int, fields: frozenset[str], what: str
+) -> Cache:
+    rows, total = tokens(texts, max_length)
+    share = math.ceil(fraction * rows) / max(rows, 1)
+    return Cache(what, math.ceil(fraction * rows), math.ceil(share * total), fields)
+
+
+def task_caches(
+    cfg: RunConfig, tasks: Iterable[str], limit: int | None, spec: StudentSpec | None
+) -> list[Cache]:
+    """The fine-tuned teachers' caches on the tasks' training rows (the local GLUE folder's)."""
+    if cfg.data.glue_dir is None:
+        return []
+    weights = {**cfg.distill.task.intermediate.losses, **cfg.distill.task.prediction.losses}
+    fields = (
+        teacher_fields(weights) | {"logits"} | (spec.kind.task_fields(spec) if spec is not None else set())
+    )
+    out = []
+    for name in tasks:
+        task = get_task(name)
+        data = load_split(task, task.train_split or "train", cfg.data.glue_dir)
+        texts = [" ".join(parts) for parts in zip(*(data[f] for f in task.text_fields), strict=True)]
+        rows, total = tokens(texts[:limit] if limit else texts, cfg.distill.max_length)
+        out.append(Cache(f"{task.name} (fine-tuned teacher)", rows, total, frozenset(fields)))
+    return out
+
+
+# ---------------------------------------------------------------------- per command
+
+
+def general_fields(cfg: RunConfig) -> frozenset[str]:
+    return teacher_fields(cfg.distill.general.losses)
+
+
+def check_mapping_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
+    """``distilnas search mapping`` (and the mapping search of ``distilnas run``)."""
+    writable(cfg.output_dir, "output_dir")
+    RunFolder.of(cfg).mapping.check(cfg, resume)
+    tcfg = teacher_config(cfg)
+    student(cfg, tcfg)
+    MappingSpace.build(
+        cfg.distill.student.layers, int(tcfg.num_hidden_layers), cfg.search.mapping.constraints
+    )
+    splits(cfg, "proxy.tasks", cfg.proxy.tasks)
+    caches: list[Cache] = []
+    if cfg.search.mapping.mode == "task-agnostic":
+        texts = corpus(cfg, "the task-agnostic mapping search")
+        caches.append(
+            corpus_cache(
+                texts, cfg.proxy.corpus_fraction, cfg.distill.max_length, general_fields(cfg), "corpus"
+            )
+        )
+    else:
+        caches += task_caches(cfg, cfg.proxy.tasks, cfg.proxy.train_examples, None)
+    ray_address(address or cfg.ray.address)
+    storage(cfg.storage.url)
+    disk(cfg, tcfg, caches)
+
+
+def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
+    """``distilnas search supernet`` (and the supernet search of ``distilnas run``)."""
+    writable(cfg.output_dir, "output_dir")
+    checked_space(cfg)
+    RunFolder.of(cfg).supernet.check(cfg, resume)
+    tcfg = teacher_config(cfg)
+    texts = corpus(cfg, "the supernet's block training")
+    cache = corpus_cache(
+        texts, cfg.search.supernet.corpus_fraction, cfg.distill.max_length, frozenset({"hidden"}), "corpus"
+    )
+    ray_address(address or cfg.ray.address)
+    storage(cfg.storage.url)
+    disk(cfg, tcfg, [cache])
+
+
+def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
+    """``distilnas run``: every stage the config asks for, before the first teacher is trained."""
+    writable(cfg.output_dir, "output_dir")
+    run = RunFolder.of(cfg)
+    run.check(cfg, resume)
+    tcfg = teacher_config(cfg)
+    spec = student(cfg, tcfg)
+    splits(cfg, "final.tasks", cfg.final.tasks, tests=True)
+    texts = corpus(cfg, "the final stage's general distillation")
+    caches = [
+        corpus_cache(
+            texts, cfg.distill.corpus_fraction, cfg.distill.max_length, general_fields(cfg), "corpus"
+        )
+    ]
+    caches += task_caches(cfg, cfg.final.tasks, cfg.distill.train_limit, spec)
+    if "searched" in cfg.final.students:
+        MappingSpace.build(
+            cfg.distill.student.layers, int(tcfg.num_hidden_layers), cfg.search.mapping.constraints
+        )
+        splits(cfg, "proxy.tasks", cfg.proxy.tasks)
+        if not run.mapping.finished:
+            caches.append(
+                corpus_cache(
+                    texts,
+                    cfg.proxy.corpus_fraction,
+                    cfg.distill.max_length,
+                    general_fields(cfg),
+                    "proxy corpus",
+                )
+            )
+    if "supernet" in cfg.final.students:
+        checked_space(cfg)
+    for stage in (run.mapping, run.supernet):
+        if stage.started:
+            stage.check_inputs(cfg)  # reused or resumed only when made from the same inputs
+    ray_address(address or cfg.ray.address)
+    storage(cfg.storage.url)
+    disk(cfg, tcfg, caches)
+
+
+def check_distill(cfg: RunConfig, tasks: list[str]) -> None:
+    """``distilnas distill``."""
+    writable(cfg.output_dir, "output_dir")
+    tcfg = teacher_config(cfg)
+    spec = student(cfg, tcfg)
+    configured_mapping(cfg, tcfg)
+    splits(cfg, "--task", tasks)
+    texts = corpus(cfg, "general distillation")
+    caches = [
+        corpus_cache(
+            texts, cfg.distill.corpus_fraction, cfg.distill.max_length, general_fields(cfg), "corpus"
+        )
+    ]
+    disk(cfg, tcfg, caches + task_caches(cfg, tasks, cfg.distill.train_limit, spec))
+
+
+def check_teacher(cfg: RunConfig, tasks: list[str]) -> None:
+    """``distilnas teacher``."""
+    writable(cfg.output_dir, "output_dir")
+    teacher_config(cfg)
+    splits(cfg, "--task", tasks)
