@@ -11,6 +11,7 @@ limit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,19 @@ from distilnas.distill.losses import teacher_fields
 from distilnas.distill.reference_store import example_texts
 from distilnas.distill.students import StudentSpec
 from distilnas.distill.teacher import ModelSource, fine_tuned_teacher, load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
+from distilnas.distill.teacher_cache import CacheCorrupted, TeacherCache, teacher_cache
 
 log = logging.getLogger(__name__)
+
+
+def reopen(path: str, fingerprint: str, rebuild: Callable[[], TeacherCache]) -> CachedTeacher:
+    """A prepared teacher-output cache; one found damaged (truncated, altered) is rebuilt under its lock,
+    once whatever the number of trials that meet it, instead of failing every trial."""
+    try:
+        return CachedTeacher(TeacherCache(Path(path), fingerprint))
+    except CacheCorrupted as exc:
+        log.warning("%s; rebuilding it", exc)
+        return CachedTeacher(rebuild())
 
 
 @dataclass
@@ -44,12 +55,11 @@ class CorpusData:
     cache: str
     fingerprint: str
     texts: int
+    fields: list[str] = field(default_factory=list)
+    """The teacher outputs cached (what the general losses read)."""
 
     def dataset(self) -> Dataset:
         return load_from_disk(self.data)
-
-    def teacher(self) -> CachedTeacher:
-        return CachedTeacher(TeacherCache(Path(self.cache), self.fingerprint))
 
 
 @dataclass
@@ -64,15 +74,11 @@ class TaskData:
     fingerprint: str = ""
     store: str = ""
     """A referenced student's reference store for this task (made from the cache)."""
+    fields: list[str] = field(default_factory=list)
 
     @property
     def task(self) -> GlueTask:
         return get_task(self.name)
-
-    def teacher(self) -> CachedTeacher:
-        if not self.cache:
-            raise UserError(f"{self.name}: the task's teacher outputs were not prepared (no cache)")
-        return CachedTeacher(TeacherCache(Path(self.cache), self.fingerprint))
 
     def teacher_config(self) -> PretrainedConfig:
         return AutoConfig.from_pretrained(self.teacher_path)
@@ -125,6 +131,40 @@ class PreparedData:
     def teacher_model(self) -> Any:
         return AutoModel.from_pretrained(self.teacher, attn_implementation="eager")
 
+    def corpus_teacher(self) -> CachedTeacher:
+        """The pre-trained teacher's outputs on the corpus sample (rebuilt when found damaged)."""
+        corpus = self.corpus
+        if corpus is None:
+            raise UserError("general distillation needs a prepared corpus")
+        source = ModelSource(self.teacher, self.teacher, True, True)
+        return reopen(
+            corpus.cache,
+            corpus.fingerprint,
+            lambda: teacher_cache(
+                self.teacher_model(),
+                source.identity(),
+                corpus.dataset(),
+                self.max_length,
+                corpus.fields,
+                self.cache_dir,
+            ),
+        )
+
+    def task_teacher(self, name: str) -> CachedTeacher:
+        """The fine-tuned teacher's outputs on a task's training rows (rebuilt when found damaged)."""
+        entry = self.task(name)
+        if not entry.cache:
+            raise UserError(f"{name}: the task's teacher outputs were not prepared (no cache)")
+
+        def rebuild() -> TeacherCache:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                entry.teacher_path, attn_implementation="eager"
+            )
+            rows = self.train_split(entry.task, self.tokenizer()).dataset
+            return teacher_cache(model, entry.teacher_id, rows, self.max_length, entry.fields, self.cache_dir)
+
+        return reopen(entry.cache, entry.fingerprint, rebuild)
+
     def split(self, task: GlueTask, split: str, tokenizer: Any, limit: int | None = None) -> TokenizedSplit:
         """A task split tokenized as prepared (cached: it was tokenized in :func:`prepare`)."""
         return tokenize_split(task, split, tokenizer, self.max_length, self.glue_dir, self.cache_dir, limit)
@@ -165,7 +205,7 @@ def prepare(
         dataset, data_path = tokenized_texts(texts, tok, distill.max_length, cache_dir)
         fields = sorted(teacher_fields(distill.general.losses))
         cache = teacher_cache(encoder, source.identity(), dataset, distill.max_length, fields, cache_dir)
-        corpus = CorpusData(str(data_path), str(cache.path), cache.fingerprint, len(texts))
+        corpus = CorpusData(str(data_path), str(cache.path), cache.fingerprint, len(texts), fields)
         if distill.student.init == "extract":
             heads, neurons = importance(
                 encoder, sample_batches(dataset, max(distill.student.importance_batches, 1), pad)
@@ -196,7 +236,7 @@ def prepare(
             fields = sorted(teacher_fields(task_weights) | {"logits"} | extra)
             tmodel = AutoModelForSequenceClassification.from_pretrained(ft.path, attn_implementation="eager")
             tcache = teacher_cache(tmodel, entry.teacher_id, rows, distill.max_length, fields, cache_dir)
-            entry.cache, entry.fingerprint = str(tcache.path), tcache.fingerprint
+            entry.cache, entry.fingerprint, entry.fields = str(tcache.path), tcache.fingerprint, fields
             if student is not None:
 
                 def pool(task: GlueTask = task) -> list[str]:

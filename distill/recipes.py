@@ -182,7 +182,7 @@ class Distillation:
         encoder = encoder if encoder is not None else self.initial()
         steps = self.budget.general_steps if self.budget is not None else None
         result = Distiller(
-            encoder, self.data.corpus.teacher(), self.pairs, self.stage(self.config.general, steps)
+            encoder, self.data.corpus_teacher(), self.pairs, self.stage(self.config.general, steps)
         ).fit(
             self.data.corpus.dataset(),
             self.checkpoint("general"),
@@ -265,7 +265,7 @@ class Distillation:
         )
         results = distill_task(
             model,
-            entry.teacher(),
+            self.data.task_teacher(name),
             inputs.train.dataset,
             self.pairs,
             stages,

@@ -7,6 +7,7 @@ them, and block training never sees them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from distilnas.distill.corpus import sample_fraction
 from distilnas.distill.data import PackedRows, tokenized_texts
 from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
+from distilnas.distill.teacher_cache import CacheCorrupted, TeacherCache, teacher_cache
 from distilnas.distill.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,7 +45,17 @@ class BlockProxy:
         return asdict(self)
 
     def cache(self) -> TeacherCache:
-        return TeacherCache(Path(self.corpus_cache), self.corpus_fingerprint)
+        """The teacher's hidden states on the sample; found damaged, rebuilt (once, under its lock)."""
+        try:
+            return TeacherCache(Path(self.corpus_cache), self.corpus_fingerprint)
+        except CacheCorrupted as exc:
+            log.warning("%s; rebuilding it", exc)
+            source = resolve(self.teacher)
+            root = Path(self.corpus_cache).parent.parent  # <cache_dir>/teacher-outputs/<fingerprint>
+            data = load_from_disk(self.corpus_data)
+            return teacher_cache(
+                load_encoder(source), source.identity(), data, self.max_length, ["hidden"], root
+            )
 
     def rows(self) -> PackedRows:
         return PackedRows(load_from_disk(self.corpus_data))

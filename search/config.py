@@ -124,6 +124,9 @@ class RayConfig(Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, gt=0)
+    retries: int = Field(1, ge=0)
+    """A failed trial is tried again this many times (in the run and after a resume) before it counts as
+    failed; each failure is a FAIL trial in the storage, with its reason."""
 
 
 class StorageConfig(Strict):

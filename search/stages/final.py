@@ -143,17 +143,23 @@ class FinalRecorder:
         self.general = Recorder(storage, run.studies.final_general, directions=("minimize",))
         self.students, self.task_names = students, tasks
 
-    def record(self, job: Job, outcome: dict[str, Any] | None) -> None:
+    def record(self, job: Job, outcome: dict[str, Any] | None, reason: str | None = None) -> None:
         params: dict[str, tuple[int | str, Any]] = {"student": (job.config["student"], self.students)}
+        attrs = {"error": reason} if reason else {}
         if "task" in job.config:
             params["task"] = (job.config["task"], self.task_names)
-            self.tasks.job(job.id, outcome, None if outcome is None else float(outcome["score"]), params)
+            value = None if outcome is None else float(outcome["score"])
+            self.tasks.job(job.id, outcome, value, params, attrs)
         else:
-            self.general.job(job.id, outcome, None if outcome is None else float(outcome["loss"]), params)
+            value = None if outcome is None else float(outcome["loss"])
+            self.general.job(job.id, outcome, value, params, attrs)
 
     def done(self) -> dict[str, dict[str, Any] | None]:
         """Job id -> outcome of every finished job (the storage is the record of what ran)."""
         return {**self.general.jobs(), **self.tasks.jobs()}
+
+    def failures(self) -> dict[str, int]:
+        return {**self.general.failures("job"), **self.tasks.failures("job")}
 
 
 def prepare_tasks(cfg: RunConfig, tasks: list[str], folder: Path, student: StudentSpec) -> PreparedData:
@@ -203,7 +209,9 @@ def run_final(
         {s.name: s.to_json() for s in students},
         str(folder),
     )
-    searcher = JobSearcher(plan(students, tasks), recorder.done(), recorder.record)
+    searcher = JobSearcher(
+        plan(students, tasks), recorder.done(), recorder.record, recorder.failures(), cfg.ray.retries
+    )
     run_trials(searcher, work, folder, "final", cfg.ray)
     results = {
         "students": [s.to_json() for s in students],

@@ -50,7 +50,8 @@ def search_with(
     A checkpoint left by an earlier run is restored first, and the trials the storage holds are known
     before any suggestion: after a crash nothing finished is evaluated again.
     """
-    searcher = StrategySearcher(lanes, recorder, checkpoint)
+    ray = ray or RayConfig()
+    searcher = StrategySearcher(lanes, recorder, checkpoint, retries=ray.retries)
     if checkpoint is not None and checkpoint.is_file():
         searcher.restore(str(checkpoint))
     if searcher.known:

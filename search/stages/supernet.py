@@ -115,10 +115,11 @@ class BlockRecorder:
         self.recorder = Recorder(storage, run.studies.supernet_blocks, directions=("minimize",))
         self.blocks = range(1, blocks + 1)
 
-    def record(self, job: Job, outcome: dict[str, Any] | None) -> None:
+    def record(self, job: Job, outcome: dict[str, Any] | None, reason: str | None = None) -> None:
         summary = None if outcome is None else {k: v for k, v in outcome.items() if k != "candidates"}
         value = None if outcome is None else -outcome["score"]
-        self.recorder.job(job.id, summary, value, {"block": (job.config["block"] + 1, self.blocks)})
+        attrs = {"error": reason} if reason else {}
+        self.recorder.job(job.id, summary, value, {"block": (job.config["block"] + 1, self.blocks)}, attrs)
 
 
 def train_blocks(
@@ -137,7 +138,7 @@ def train_blocks(
         record = blocks_dir / job.id / "result.json"
         if record.is_file():
             done[job.id] = json.loads(record.read_text())
-    searcher = JobSearcher(jobs, done, recorder.record)
+    searcher = JobSearcher(jobs, done, recorder.record, recorder.recorder.failures("job"), cfg.ray.retries)
     work = BlockWork(proxy, space, cfg.search.supernet, table, str(blocks_dir))
     if len(done) < len(jobs):
         run_trials(searcher, work, folder, "blocks", cfg.ray)

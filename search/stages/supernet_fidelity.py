@@ -146,13 +146,14 @@ def run_supernet_fidelity(
     recorder = Recorder(run.storage(cfg.storage.url), run.studies.supernet_fidelity)
     done = recorder.jobs()
 
-    def record(job: Job, outcome: dict[str, Any] | None) -> None:
+    def record(job: Job, outcome: dict[str, Any] | None, reason: str | None = None) -> None:
         value = None if outcome is None else outcome["score"]
-        recorder.job(job.id, outcome, value, attrs={"path": job.config["path"]})
+        attrs = {"path": job.config["path"], **({"error": reason} if reason else {})}
+        recorder.job(job.id, outcome, value, attrs=attrs)
 
     jobs = [Job(f"student{i + 1}", {"path": c.text}) for i, c in enumerate(candidates)]
     done = {j.id: done[j.id] for j in jobs if j.id in done and done[j.id]["path"] == j.config["path"]}
-    searcher = JobSearcher(jobs, done, record)
+    searcher = JobSearcher(jobs, done, record, recorder.failures("job"), cfg.ray.retries)
     if len(done) < len(jobs):
         init_ray(address or cfg.ray.address)
         work = StandaloneWork(cfg.model_dump(mode="json"), proxy, table, str((stage / "fidelity").resolve()))

@@ -107,6 +107,17 @@ class Recorder:
             user_attrs["outcome"] = json.dumps(outcome)
         self.add(None if outcome is None else value, params, user_attrs)
 
+    def failures(self, name: str) -> dict[str, int]:
+        """How often each candidate (canonical text, the attribute ``name``), or each job (``name`` "job"),
+        failed; one that also completed is left out."""
+        done = {t.user_attrs.get(name) for t in self.complete()}
+        out: dict[str, int] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            found = t.user_attrs.get(name)
+            if found is not None and found not in done:
+                out[found] = out.get(found, 0) + 1
+        return out
+
     def jobs(self) -> dict[str, dict[str, Any]]:
         """Job id -> outcome of every job the study holds as complete."""
         return {t.user_attrs["job"]: json.loads(t.user_attrs["outcome"]) for t in self.complete()}

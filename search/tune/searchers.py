@@ -30,16 +30,27 @@ from distilnas.spaces.base import Genome
 
 log = logging.getLogger(__name__)
 
+LOST = "the trial's process ended before it reported (killed, or out of memory?): see the Ray logs"
+
 
 class TimedSearcher(Searcher):
     """A searcher that keeps each trial's evaluation time and Ray Tune's time around it."""
 
-    def __init__(self, metric: str, mode: str) -> None:
+    def __init__(self, metric: str, mode: str, retries: int = 0) -> None:
         super().__init__(metric=metric, mode=mode)
         self.started: dict[str, float] = {}  # trial -> when it was suggested
         self.seconds: list[float] = []  # each trial's own evaluation time
         self.overheads: list[float] = []  # each trial's time in Ray Tune beyond its evaluation
-        self.wall, self.slots = 0.0, 1  # set by run_searcher
+        self.wall, self.slots = 0.0, 1  # set by run_trials
+        self.retries = retries
+        self.failures: dict[str, int] = {}  # candidate or job -> failed attempts, this run and earlier
+
+    def failed(self, what: str, reason: str) -> bool:
+        """Count a failure of ``what``; whether it is tried again (``retries`` times at most)."""
+        self.failures[what] = self.failures.get(what, 0) + 1
+        again = self.failures[what] <= self.retries
+        log.warning("%s failed (%s)%s", what, reason, "; trying it again" if again else "")
+        return again
 
     def _timed(self, trial_id: str, result: dict | None) -> None:
         started = self.started.pop(trial_id, None)
@@ -90,14 +101,21 @@ class StrategySearcher(TimedSearcher):
         checkpoint: Path | None = None,
         metric: str = "fitness",
         name: str = "mapping",
+        retries: int = 0,
     ) -> None:
-        super().__init__(metric=metric, mode="max")
+        super().__init__(metric=metric, mode="max", retries=retries)
         self.space = next(iter(lanes.values())).space
         self.recorder, self.checkpoint, self.name = recorder, checkpoint, name
         self.known: Evaluations = {}
         if recorder is not None:
+            failures = recorder.failures(name)
             for text, fitness in recorder.candidates(name).items():
-                self.known[key(self.space.read(text))] = fitness
+                k = key(self.space.read(text))
+                if fitness is None:
+                    self.failures[k] = failures.get(text, 0)
+                    if self.failures[k] <= retries:
+                        continue  # failed before, not yet as often as it may: tried again
+                self.known[k] = fitness
         self.lanes: dict[str, Strategy] = {s: Deduplicated(lane, self.known) for s, lane in lanes.items()}
         self.in_flight: dict[str, tuple[str, Genome]] = {}  # trial -> lane, genome
 
@@ -143,17 +161,21 @@ class StrategySearcher(TimedSearcher):
         source, genome = entry
         lane = self.lanes[source]
         self._timed(trial_id, result)
-        fitness = None if error or not result or self.metric not in result else float(result[self.metric])
-        lane.tell(genome, fitness)
+        ok = not error and result and "error" not in result and self.metric in result
+        fitness = float(result[self.metric]) if ok and result else None
         attrs: dict[str, Any] = {"generation": lane.generation, "source": source}
         if result:
-            attrs |= {k: v for k, v in result.items() if k.startswith("score_") or k == "seconds"}
+            attrs |= {k: v for k, v in result.items() if k.startswith("score_") or k in ("seconds", "error")}
+        if fitness is None:
+            attrs.setdefault("error", LOST)
         if self.recorder is not None:
             self.recorder.candidate(self.space, genome, fitness, attrs, self.name)
         text = self.space.describe(genome)
-        if fitness is None:
-            log.warning("trial %s (%s) failed", trial_id, text)
-        else:
+        if fitness is None and self.failed(key(genome), f"{text}: {attrs['error']}"):
+            self._settle(source)  # not told: the lane hands it out again
+            return
+        lane.tell(genome, fitness)
+        if fitness is not None:
             log.info(
                 "%s, generation %d: %s scored %.2f (%d trials so far)",
                 source,
@@ -195,12 +217,19 @@ class JobSearcher(TimedSearcher):
         self,
         jobs: list[Job],
         done: Mapping[str, dict[str, Any] | None],
-        on_result: Callable[[Job, dict[str, Any] | None], None],
+        on_result: Callable[[Job, dict[str, Any] | None, str | None], None],
+        failures: Mapping[str, int] | None = None,
+        retries: int = 0,
     ) -> None:
-        super().__init__(metric="score", mode="max")
+        super().__init__(metric="score", mode="max", retries=retries)
         self.jobs = {j.id: j for j in jobs}
         self.results: dict[str, dict[str, Any] | None] = {k: v for k, v in done.items() if k in self.jobs}
         self.on_result = on_result
+        for job, n in (failures or {}).items():  # failed before: tried again while it may be
+            if job in self.jobs and job not in self.results:
+                self.failures[job] = n
+                if n > retries:
+                    self.results[job] = None
         self.in_flight: dict[str, str] = {}  # trial -> job id
 
     def _ready(self, job: Job) -> bool | None:
@@ -234,14 +263,16 @@ class JobSearcher(TimedSearcher):
         if job_id is None:
             return
         self._timed(trial_id, result)
-        outcome = None
-        if not error and result and "outcome" in result:
+        outcome, reason = None, LOST
+        if not error and result and "outcome" in result and "error" not in result:
             outcome = {**json.loads(result["outcome"]), "seconds": float(result["seconds"])}
+        elif result and "error" in result:
+            reason = str(result["error"])
+        self.on_result(self.jobs[job_id], outcome, None if outcome is not None else reason)
+        if outcome is None and self.failed(job_id, reason):
+            return  # not a result: suggested again
         self.results[job_id] = outcome
-        self.on_result(self.jobs[job_id], outcome)
-        if outcome is None:
-            log.warning("%s failed", job_id)
-        else:
+        if outcome is not None:
             log.info(
                 "%s done in %.0f s (%d of %d jobs)",
                 job_id,

@@ -8,7 +8,9 @@ or a job's outcome as one JSON string (Tune adds, and flattens, keys of its own)
 from __future__ import annotations
 
 import json
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,24 @@ from distilnas.search.tune.cluster import trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
 
 
+def failed(exc: BaseException, start: float) -> None:
+    """Report a trial's failure with its reason (the traceback goes to the trial's log)."""
+    traceback.print_exc(file=sys.stderr)
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    tune.report({"error": reason, "seconds": time.perf_counter() - start})
+
+
 def job_trial(
     config: dict[str, Any], work: Callable[[dict[str, Any]], dict[str, Any]], threads: int = 1
 ) -> None:
     """A job: run it, report what it returns and how long it took."""
     torch.set_num_threads(threads)  # as many as the trial's CPUs: parallel trials must not oversubscribe
     start = time.perf_counter()
-    out = work(config)
+    try:
+        out = work(config)
+    except Exception as exc:  # the reason goes to the storage; the searcher decides on a retry
+        failed(exc, start)
+        return
     tune.report(
         {
             "score": float(out.get("score", 0.0)),
@@ -43,7 +56,11 @@ def candidate_trial(
     """A candidate: evaluate its canonical text, report its fitness, per-task scores and time."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    scores = work(config["candidate"])
+    try:
+        scores = work(config["candidate"])
+    except Exception as exc:
+        failed(exc, start)
+        return
     tune.report(
         {
             "fitness": scores["fitness"],

@@ -171,13 +171,12 @@ def test_a_store_from_another_teacher_or_dataset_is_refused(pool, tiny_teacher, 
 def test_a_checkpoint_is_of_one_store(pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A referenced student's distillation checkpoint is not resumed by a plain student of the same
     shape, nor by one with another store."""
+    from datasets import Dataset
     from transformers import BertForSequenceClassification
 
     from distilnas.distill.config import DistillSettings
     from distilnas.distill.distiller import Distiller, LiveTeacher
     from distilnas.distill.reference_store import task_store
-
-    from datasets import Dataset
 
     cache, store = pool
     data = Dataset.from_dict(

@@ -21,7 +21,7 @@ def test_plan_puts_general_first_and_interleaves_students() -> None:
 def test_searcher_waits_for_dependencies_skips_after_failures_and_resumes() -> None:
     recorded: list[tuple[str, bool]] = []
     jobs = plan(students("a", "b"), ["rte"])
-    searcher = JobSearcher(jobs, {}, lambda job, out: recorded.append((job.id, out is not None)))
+    searcher = JobSearcher(jobs, {}, lambda job, out, why: recorded.append((job.id, out is not None)))
     assert searcher.suggest("t1")["job"] == "a/general"
     assert searcher.suggest("t2")["job"] == "b/general"
     assert searcher.suggest("t3") is None  # both task jobs wait for their general job
@@ -34,6 +34,23 @@ def test_searcher_waits_for_dependencies_skips_after_failures_and_resumes() -> N
     assert searcher.results["b/rte"] is None and searcher.results["a/rte"] == {"score": 61.0, "seconds": 3.0}
     assert recorded == [("a/general", True), ("b/general", False), ("a/rte", True)]
     # a new searcher given what the storage holds runs only what is missing
-    again = JobSearcher(jobs, {"a/general": {"loss": 0.5}, "a/rte": {"score": 61.0}}, lambda j, o: None)
+    again = JobSearcher(jobs, {"a/general": {"loss": 0.5}, "a/rte": {"score": 61.0}}, lambda j, o, w: None)
     assert again.suggest("u1")["job"] == "b/general"
     assert again.suggest("u2") is None
+
+
+def test_a_failed_job_is_tried_again_then_counts_as_failed() -> None:
+    reasons: list[str | None] = []
+    jobs = plan(students("a"), ["rte"])
+    searcher = JobSearcher(jobs, {}, lambda job, out, why: reasons.append(why), retries=1)
+    assert searcher.suggest("t1")["job"] == "a/general"
+    searcher.on_trial_complete("t1", {"error": "RuntimeError: disk full", "seconds": 1.0})
+    assert searcher.suggest("t2")["job"] == "a/general"  # tried again: one retry
+    searcher.on_trial_complete("t2", error=True)  # its process died
+    assert searcher.suggest("t3") == "FINISHED" and searcher.results == {"a/general": None, "a/rte": None}
+    assert reasons[0] == "RuntimeError: disk full" and "process ended" in str(reasons[1])
+    # after a resume, a job that failed fewer times than it may is tried again, one that used them up not
+    resumed = JobSearcher(jobs, {}, lambda j, o, w: None, failures={"a/general": 1}, retries=1)
+    assert resumed.suggest("u1")["job"] == "a/general"
+    spent = JobSearcher(jobs, {}, lambda j, o, w: None, failures={"a/general": 2}, retries=1)
+    assert spent.suggest("v1") == "FINISHED"

@@ -235,3 +235,25 @@ def test_retried_hands_a_failure_out_again_then_counts_it() -> None:
         assert lane.ask() == [[2, 5, 8]], attempt
         lane.tell([2, 5, 8], None)
     assert lane.ask() == [] and fixed.memo == {"2,5,8": FAILED}  # the third failure counts
+
+
+def test_a_failed_candidate_is_tried_again_in_the_run_and_after_a_resume(tmp_path: Path) -> None:
+    space = MappingSpace.build(3, 8, ALL)
+    recorder = Recorder(open_storage(None, tmp_path), "mapping")
+    lane = FixedSearch(space, [[2, 5, 8], [1, 2, 3]])
+    searcher = StrategySearcher({"fixed": lane}, recorder, retries=1)
+    first = searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"error": "RuntimeError: worker killed", "seconds": 1.0})
+    assert searcher.suggest("t2") == first  # the same candidate again: one retry
+    searcher.on_trial_complete("t2", error=True)
+    assert lane.memo[key(space.read(first["candidate"]))] == FAILED  # its retries are spent
+    fails = [t for t in recorder.study.get_trials() if t.state.name == "FAIL"]
+    assert fails[0].user_attrs["error"] == "RuntimeError: worker killed" and len(fails) == 2
+    # a new search on the same storage: a candidate failed once is tried again, twice (spent) is not
+    other = Recorder(open_storage(None, tmp_path / "b"), "mapping")
+    other.candidate(space, [1, 2, 3], None, {"error": "x"}, "mapping")
+    other.candidate(space, [2, 5, 8], None, {"error": "x"}, "mapping")
+    other.candidate(space, [2, 5, 8], None, {"error": "y"}, "mapping")
+    again = StrategySearcher({"fixed": FixedSearch(space, [[2, 5, 8], [1, 2, 3]])}, other, retries=1)
+    assert again.known == {"2,5,8": None}
+    assert again.suggest("u1")["candidate"] == "1,2,3/8"
