@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -200,9 +201,9 @@ class KroneckerFactors(Strict):
     """One kind of layer as Σᵢ Aᵢ ⊗ Bᵢ: A is ``a`` (rows x columns), B is ``b``, ``rank`` terms. The
     products of the factors' rows and of their columns must equal the layer's output and input sizes."""
 
-    a: tuple[int, int] | None = None
+    a: tuple[PositiveInt, PositiveInt] | None = None
     """A's shape (for ``embedding``: vocabulary x hidden/k, implied by ``b`` when left out)."""
-    b: tuple[int, int]
+    b: tuple[PositiveInt, PositiveInt]
     rank: int = Field(1, gt=0)
 
 

@@ -15,6 +15,7 @@ from datasets import load_dataset
 
 from distilnas.distill.config import CorpusConfig
 from distilnas.distill.errors import DataError
+from distilnas.distill.utils import read_text
 
 _HEADING = re.compile(r"^\s*(=\s+)+[^=].*?(\s+=)+\s*$")
 
@@ -32,7 +33,7 @@ def read_text_file(path: str | Path, unit: str = "line", min_chars: int = 20) ->
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: corpus file not found")
-    lines = [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+    lines = [line.rstrip("\r") for line in read_text(path).split("\n")]
     if path.suffix == ".tsv":
         examples = [line.split("\t", 1)[0].strip() for line in lines]
     elif unit == "line":

@@ -20,7 +20,7 @@ from datasets import Dataset, Features, Value, load_dataset
 
 from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.metrics import METRICS
-from distilnas.distill.utils import atomic_write_text
+from distilnas.distill.utils import atomic_write_text, read_text
 
 Column = str | int  # a header name, or a position in a file without a header
 
@@ -223,7 +223,7 @@ def get_task(name: str) -> GlueTask:
 
 def _read_lines(path: Path) -> list[str]:
     # utf-8-sig drops MRPC's byte-order mark; no quote processing, as in the GLUE tools.
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, encoding="utf-8-sig")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

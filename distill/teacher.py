@@ -32,7 +32,14 @@ from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import finetune_and_evaluate
 from distilnas.distill.glue import GlueTask
-from distilnas.distill.utils import atomic_dir, atomic_write_json, file_digest, fingerprint, seed_everything
+from distilnas.distill.utils import (
+    atomic_dir,
+    atomic_write_json,
+    file_digest,
+    fingerprint,
+    read_text,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,12 @@ def resolve(name: str | Path) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path}: model folder has no config.json")
+        try:
+            json.loads(read_text(path / "config.json"))
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path / 'config.json'}: not valid JSON (line {exc.lineno}: {exc.msg})"
+            ) from None
         has_weights = any((path / f).is_file() for f in WEIGHT_FILES) or any(path.glob("*.safetensors"))
         return ModelSource(key, str(path), True, has_weights)
     if path.suffix or key.startswith((".", "/", "~")):
@@ -118,9 +131,26 @@ def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = True) -> PreTr
 
 def model_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:
     """The model's transformers config (no weights are read), with eager attention."""
-    config = AutoConfig.from_pretrained(source.location, **overrides)
+    try:
+        config = AutoConfig.from_pretrained(source.location, **overrides)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"{source.location}: its config cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
     config._attn_implementation = "eager"
     return config
+
+
+def load_pretrained(auto: Any, location: str, **kwargs: Any) -> Any:
+    """``auto.from_pretrained(location)``; damaged or missing weights are a one-line error naming the
+    folder (transformers' own errors say little of where)."""
+    try:
+        return auto.from_pretrained(location, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{location}: the model cannot be loaded ({type(exc).__name__}: {first})") from None
 
 
 def load_encoder(
@@ -132,7 +162,7 @@ def load_encoder(
     timings, as transformers deploys it.
     """
     if source.has_weights:
-        return AutoModel.from_pretrained(source.location, attn_implementation=attention)
+        return load_pretrained(AutoModel, source.location, attn_implementation=attention)
     if not allow_random:
         raise UserError(f"{source.location}: no weights in the model folder")
     log.warning("%s has no weights: building it from its config with random initialisation", source.name)
@@ -155,7 +185,7 @@ def load_for_task(source: ModelSource, task: GlueTask, seed: int = 0) -> PreTrai
     config = model_config(source, **kwargs)
     if not source.has_weights:
         return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(source.location, config=config)
+    return load_pretrained(AutoModelForSequenceClassification, source.location, config=config)
 
 
 def has_head_for(source: ModelSource, task: GlueTask) -> bool:

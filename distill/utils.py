@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+from distilnas.distill.errors import DataError
+
 
 def fingerprint(*parts: Any, length: int = 16) -> str:
     """A stable short hash of JSON-serialisable parts (dict keys sorted), for cache keys and names."""
@@ -31,6 +33,16 @@ def file_digest(path: str | Path, length: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """A text file's content; a file that is not UTF-8 is a one-line error naming it and the byte."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -24,7 +24,7 @@ from distilnas.distill.config import (
     describe,
 )
 from distilnas.distill.errors import ConfigError
-from distilnas.distill.utils import default_cache_dir, fingerprint
+from distilnas.distill.utils import default_cache_dir, fingerprint, read_text
 from distilnas.proxies.config import FidelityConfig, ProxyConfig
 
 Constraint = Literal["monotone", "no_repeats", "supervised"]
@@ -198,15 +198,49 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {describe(exc)}") from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config; every error names the file and the field."""
+MAX_VALUES = 100_000
+"""A config file expands to at most this many values (aliases counted as often as they are used)."""
+
+
+def expanded_size(node: yaml.Node, path: str, open_: set[int], sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded; a node inside itself (a
+    recursive alias) is an error."""
+    if id(node) in open_:
+        raise ConfigError(f"{path}: a recursive YAML alias (a value that contains itself)")
+    if id(node) in sizes:
+        return sizes[id(node)]
+    open_.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    size = 1 + sum(expanded_size(child, path, open_, sizes) for child in children)
+    open_.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content: UTF-8, valid YAML (an error names its line and column), without recursive
+    aliases or alias bombs (at most ``MAX_VALUES`` values once expanded)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: file not found")
+    text = read_text(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and expanded_size(root, str(path), set(), {}) > MAX_VALUES:
+            raise ConfigError(f"{path}: expands to more than {MAX_VALUES:,} values (an alias bomb?)")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config; every error names the file and the field."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: config file not found")
+    return parse_config(read_yaml(path), str(path))

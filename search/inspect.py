@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import ValidationError
 from transformers import AutoConfig, AutoModel
 
@@ -30,7 +29,8 @@ from distilnas.distill.errors import ConfigError, UserError
 from distilnas.distill.measure import count_flops, count_parameters, measure_latency, retrieval_latency
 from distilnas.distill.nas_bert import NasBertModel
 from distilnas.distill.students import kind_of_model, student_spec
-from distilnas.distill.teacher import model_config, resolve
+from distilnas.distill.teacher import load_pretrained, model_config, resolve
+from distilnas.search.config import parse_config, read_yaml
 from distilnas.spaces.nas_space import OPERATIONS, NasSpace
 from distilnas.spaces.supernet import nas_config
 
@@ -50,10 +50,13 @@ class StudentFile(Strict):
 
 
 def load_student_file(path: Path) -> StudentFile:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    """A student file, or a run config (its teacher and ``distill.student``)."""
+    data = read_yaml(path) or {}
+    if isinstance(data, dict) and ("distill" in data or isinstance(data.get("teacher"), dict)):
+        cfg = parse_config(data, str(path))
+        return StudentFile(teacher=cfg.teacher.name, student=cfg.distill.student)
     try:
-        parsed = StudentFile.model_validate(yaml.safe_load(path.read_text()) or {})
+        parsed = StudentFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe(exc)}") from None
     if (parsed.student is None) == (parsed.nas is None):
@@ -98,7 +101,7 @@ def load_saved(folder: Path) -> tuple[torch.nn.Module, str]:
         raise UserError(f"{folder}: not a saved student (no config.json)")
     cfg = AutoConfig.from_pretrained(folder)
     kind = kind_of_model(cfg, strict=True)
-    model = AutoModel.from_pretrained(folder)
+    model = load_pretrained(AutoModel, str(folder))
     return model, f"{kind.label} {kind.saved_size(cfg, folder)} ({folder})"
 
 
@@ -111,6 +114,9 @@ def inspect(
 ) -> dict[str, Any]:
     """Parameters, FLOPs and latency of a student described by a file, or saved in a folder."""
     model, kind = load_saved(spec) if isinstance(spec, Path) else build(spec)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is not None and seq_len > int(positions):
+        raise UserError(f"--seq-len {seq_len}: the student has {positions} positions")
     model.eval()
     embeddings = model.get_input_embeddings()  # type: ignore[operator]
     out: dict[str, Any] = {

@@ -81,8 +81,8 @@ def finish(cfg: RunConfig, run: RunFolder, search: dict[str, Any] | None, dest: 
 def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     run = RunFolder.of(cfg)
     run.check(cfg, resume)
-    storage = run.storage(cfg.storage.url)
     init_ray(address or cfg.ray.address)  # an unreachable cluster fails here, before any work
+    storage = run.storage(cfg.storage.url)
     run.record(cfg)
     log.info("stage 1/4: teachers")
     fine_tuned(cfg, [*cfg.proxy.tasks, *cfg.final.tasks])

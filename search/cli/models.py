@@ -25,6 +25,18 @@ from distilnas.search.pipeline import fine_tuned
 from distilnas.search.preflight import check_teacher
 
 
+def positive(*options: tuple[str, int | None]) -> None:
+    for name, value in options:
+        if value is not None and value < 1:
+            raise UserError(f"{name} {value}: must be at least 1")
+
+
+def within_positions(model: Any, seq_len: int) -> None:
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and seq_len > int(positions):
+        raise UserError(f"--seq-len {seq_len}: the model has {positions} positions")
+
+
 @app.command()
 def teacher(
     config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
@@ -78,8 +90,11 @@ def evaluate(
     settings = TrainSettings(
         epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, train_limit=train_limit, seed=seed
     )
+    source = resolve(model)
+    if not source.has_weights:
+        raise UserError(f"{model}: has no weights to fine-tune or score (a folder with a config.json alone)")
     result, figures, written = evaluate_model(
-        resolve(model),
+        source,
         t,
         settings,
         glue_dir_or_env(glue_dir),
@@ -121,10 +136,19 @@ def latency(
 ) -> None:
     """Measure latency (trimmed mean of forward passes), parameters and FLOPs of MODEL's encoder."""
     setup_logging()
+    positive(
+        ("--repeats", repeats),
+        ("--threads", threads),
+        ("--seq-len", seq_len),
+        *(("--batch", b) for b in batch or []),
+    )
+    if warmup < 0 or not 0 <= trim < 0.5:
+        raise UserError("--warmup must not be negative and --trim must be in [0, 0.5)")
     if threads is not None:
         torch.set_num_threads(threads)
     source = resolve(model)
     net = load_encoder(source, allow_random=True, attention="sdpa")  # as deployed
+    within_positions(net, seq_len)
     params = count_parameters(net)
     rows = profile(net, batch or [1, 32], seq_len, warmup, repeats, trim)
     emit(
@@ -155,6 +179,7 @@ def inspect(
     student: a plain BERT, a Kronecker-factored one, a referenced one (RefBERT) or a supernet path, from a
     short file before training, or from a saved student's folder (a referenced student's retrieval time
     is measured on its store and added)."""
+    positive(("--batch", batch), ("--seq-len", seq_len))
     spec = student if student.is_dir() else load_student_file(student)
     setup_logging()
     out = inspect_student(spec, measure, batch, seq_len)

@@ -46,7 +46,8 @@ def run(
     students fully and score them on GLUE, then the results table, the Pareto-front exports and the
     report. Each stage is skipped when its outputs exist; `--resume` continues a stopped run."""
     cfg = load_config(config)
-    check_run(cfg, resume, address)  # before anything is written, a log included
+    with stdout_to_stderr():
+        check_run(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).log)
     with stdout_to_stderr():
         out = run_pipeline(cfg, resume=resume, address=address)
@@ -84,6 +85,8 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
 ) -> None:
     """Start optuna-dashboard on the run's Optuna storage (every trial of its searches)."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: not a port (1..65535)")
     setup_logging()
     storage = RunFolder.existing(run).recorded_storage()
     err.print(f"optuna-dashboard for {run} on http://{host}:{port}/ (Ctrl-C to stop)")

@@ -48,7 +48,8 @@ def search_mapping(
     last-layers baselines and random search at the same budget. Every trial lands in the run's Optuna
     storage; the GA state is checkpointed every generation."""
     cfg = load_config(config)
-    check_mapping_search(cfg, resume, address)  # before anything is written, a log included
+    with stdout_to_stderr():
+        check_mapping_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).mapping / "search.log")
     with stdout_to_stderr():
         results = run_mapping_search(cfg, resume=resume, address=address)
@@ -67,7 +68,8 @@ def search_supernet(
     NSGA-II over whole students, and the best re-scored with inherited weights. Prints the Pareto front
     over (proxy loss, parameters, latency); its students are saved as transformers folders."""
     cfg = load_config(config)
-    check_supernet_search(cfg, resume, address)  # before anything is written, a log included
+    with stdout_to_stderr():
+        check_supernet_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).supernet / "search.log")
     with stdout_to_stderr():
         results = run_supernet_search(cfg, resume=resume, address=address)
