@@ -27,6 +27,8 @@ from distilnas.distill.teacher_cache import TeacherCache
 from distilnas.distill.utils import atomic_dir, fingerprint
 
 STORE_FORMAT = "reference-store-v1"
+STORE_CHUNK = 4096
+"""Examples whose states are read and written at once when a store is built."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,14 @@ class ReferenceStore:
         starts = cache.offsets[:-1]
         keep = np.minimum(cache.offsets[1:] - starts, key.tokens)
         offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
-        rows = np.concatenate([np.arange(s, s + k) for s, k in zip(starts, keep, strict=True)])
         with atomic_dir(folder) as tmp:
-            states = np.ascontiguousarray(cache.hidden[rows, key.layer])
-            states.astype(np.float16).tofile(tmp / "states.f16")
+            with open(tmp / "states.f16", "wb") as f:  # streamed: a chunk of examples at a time
+                for s in range(0, len(keep), STORE_CHUNK):
+                    e = min(len(keep), s + STORE_CHUNK)
+                    rows = np.concatenate(
+                        [np.arange(a, a + k) for a, k in zip(starts[s:e], keep[s:e], strict=True)]
+                    )
+                    f.write(np.ascontiguousarray(cache.hidden[rows, key.layer], dtype=np.float16).tobytes())
             offsets.tofile(tmp / "offsets.i64")
             index.save(tmp / "index")
             files = ["states.f16", "offsets.i64", "index/index.json", "index/matrix.npz"]

@@ -18,6 +18,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_dir, fingerprint
 
+CHUNK_VALUES = 1 << 23
+"""Scores held at once by :meth:`ReferenceIndex.nearest` (64 MB of float64)."""
+
 
 def pool_fingerprint(texts: Sequence[str]) -> str:
     return fingerprint("reference-pool-v1", list(texts))
@@ -43,17 +46,27 @@ class ReferenceIndex:
 
     def nearest(self, queries: Sequence[str], rows: Sequence[int | None] | None = None) -> np.ndarray:
         """The pool row most similar to each query, never the query's own ``rows[i]`` nor a pool text
-        equal to it. Ties go to the lower row."""
-        rows = rows if rows is not None else [None] * len(queries)
-        scores = (self.vectorizer.transform(queries) @ self.matrix.T).toarray()
-        for q, (text, row) in enumerate(zip(queries, rows, strict=True)):
-            banned = set(self.rows_of.get(text, []))
-            if row is not None:
-                banned.add(int(row))
-            if len(banned) >= len(self.texts):
-                raise UserError("references: every pool text equals the query; no other example to use")
-            scores[q, list(banned)] = -np.inf
-        return np.argmax(scores, axis=1)
+        equal to it. Ties go to the lower row.
+
+        Exact, in chunks of queries: a chunk's scores against the whole pool are at most ``CHUNK_VALUES``
+        numbers, so memory stays bounded whatever the number of queries."""
+        rows = list(rows) if rows is not None else [None] * len(queries)
+        if len(rows) != len(queries):
+            raise ValueError(f"{len(queries)} queries, {len(rows)} rows")
+        out = np.empty(len(queries), dtype=np.int64)
+        step = max(1, CHUNK_VALUES // max(len(self.texts), 1))
+        for start in range(0, len(queries), step):
+            chunk = list(queries[start : start + step])
+            scores = (self.vectorizer.transform(chunk) @ self.matrix.T).toarray()
+            for q, (text, row) in enumerate(zip(chunk, rows[start : start + step], strict=True)):
+                banned = set(self.rows_of.get(text, []))
+                if row is not None:
+                    banned.add(int(row))
+                if len(banned) >= len(self.texts):
+                    raise UserError("references: every pool text equals the query; no other example to use")
+                scores[q, list(banned)] = -np.inf
+            out[start : start + len(chunk)] = np.argmax(scores, axis=1)
+        return out
 
     # ------------------------------------------------------------------ storage
 

@@ -45,6 +45,11 @@ from distilnas.spaces.supernet import initialise, supernet_block
 
 log = logging.getLogger(__name__)
 
+ENUMERATE_AT_MOST = 200_000
+"""A block with at most this many paths is binned over all of them; a larger one (NAS-BERT's one block of a
+6-layer teacher has about 1.5e9) over a seeded uniform sample of this many, whose quantiles stand for the
+space's, so memory stays bounded."""
+
 
 def masked_mse(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over real tokens (padding never counts)."""
@@ -59,13 +64,22 @@ class Bins:
 
     @classmethod
     def draw(
-        cls, params: np.ndarray, latency: np.ndarray, bins: int, per_bin: int, rng: random.Random
+        cls,
+        params: np.ndarray,
+        latency: np.ndarray,
+        bins: int,
+        per_bin: int,
+        rng: random.Random,
+        ids: np.ndarray | None = None,
     ) -> Bins:
+        """Quantile bins of the paths ``ids`` (default: 0..n-1) by ``params`` and by ``latency`` (theirs, in
+        order), and ``per_bin`` of each drawn."""
+        ids = np.arange(len(params)) if ids is None else ids
         pools = {}
         for name, values in (("params", params), ("latency", latency)):
             order = np.argsort(values, kind="stable")
             for i, group in enumerate(np.array_split(order, bins)):
-                members = sorted(int(x) for x in group)
+                members = sorted(int(ids[x]) for x in group)
                 pools[f"{name}{i}"] = sorted(rng.sample(members, min(per_bin, len(members))))
         return cls(pools)
 
@@ -105,12 +119,27 @@ class BlockTrainer:
         self.folder = Path(work.folder) / f"block{position + 1}"
         boundaries = [0, *self.space.boundaries()]
         self.t_in, self.t_out = boundaries[position], boundaries[position + 1]
-        n = self.space.block_count()
-        self.paths = [self.space.block_at(i) for i in range(n)]
-        self.params = np.array([self.space.block_params(position, p) for p in self.paths])
-        self.latency = np.array([work.table.block(position, p) for p in self.paths])
+        self.count = self.space.block_count()
+        self.universe = (
+            np.arange(self.count)
+            if self.count <= ENUMERATE_AT_MOST
+            else np.unique(
+                np.random.default_rng(self.proxy.seed + position).integers(0, self.count, ENUMERATE_AT_MOST)
+            )
+        )
+        self.params = np.array([self.params_of(int(i)) for i in self.universe])
+        self.latency = np.array([self.latency_of(int(i)) for i in self.universe])
         self.cache, self.packed = self.proxy.cache(), self.proxy.rows()
         self.device = default_device()
+
+    def path(self, index: int) -> BlockPath:
+        return self.space.block_at(index)
+
+    def params_of(self, index: int) -> int:
+        return self.space.block_params(self.position, self.path(index))
+
+    def latency_of(self, index: int) -> float:
+        return self.work.table.block(self.position, self.path(index))
 
     # ------------------------------------------------------------------ data
 
@@ -133,7 +162,7 @@ class BlockTrainer:
         """Each path's mean loss over the held-out batches."""
         block.eval()
         out = {
-            i: float(np.mean([float(self.loss(block, d, self.paths[i])) for d in self.held])) for i in indices
+            i: float(np.mean([float(self.loss(block, d, self.path(i))) for d in self.held])) for i in indices
         }
         block.train()
         return out
@@ -203,8 +232,8 @@ class BlockTrainer:
             start, losses = time.perf_counter(), []
             bar = tqdm(sampler, desc=f"block {self.position + 1} epoch {epoch + 1}", unit="step")
             for rows in bar:
-                index = rng.choice(choices) if choices else rng.randrange(len(self.paths))
-                loss = self.loss(block, self.batch(train[rows].tolist()), self.paths[index])
+                index = rng.choice(choices) if choices else rng.randrange(self.count)
+                loss = self.loss(block, self.batch(train[rows].tolist()), self.path(index))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(block.parameters(), 1.0)
                 opt.step()
@@ -216,7 +245,7 @@ class BlockTrainer:
             entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
             state["epoch"] = epoch + 1
             if bins is None and state["epoch"] >= s.warmup_epochs:
-                bins = Bins.draw(self.params, self.latency, s.bins, s.paths_per_bin, rng)
+                bins = Bins.draw(self.params, self.latency, s.bins, s.paths_per_bin, rng, self.universe)
                 entry["drawn"] = len(bins.members())
                 state["pools"] = bins.pools
             elif bins is not None:
@@ -241,10 +270,10 @@ class BlockTrainer:
         candidates = [
             {
                 "index": i,
-                "path": str(self.paths[i]),
+                "path": str(self.path(i)),
                 "loss": scores[i],
-                "params": int(self.params[i]),
-                "latency_ms": float(self.latency[i]),
+                "params": int(self.params_of(i)),
+                "latency_ms": float(self.latency_of(i)),
                 "bins": sorted(name for name, pool in bins.pools.items() if i in pool),
             }
             for i in members

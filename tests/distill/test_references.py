@@ -193,3 +193,21 @@ def test_a_checkpoint_is_of_one_store(pool, tmp_path: Path) -> None:  # type: ig
     keys = {key(plain), key(referenced_student().attach(store)), key(referenced_student().attach(other))}
     assert len(keys) == 3
     assert key(referenced_student().attach(store)) == key(referenced_student().attach(store))
+
+
+def test_retrieval_in_chunks_equals_the_dense_argmax(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunking the queries bounds memory and changes no answer (ties included)."""
+    import distilnas.distill.retrieval as retrieval
+
+    pool = [*POOL, *TEXTS, "the cat", "a mat", "stock", "the film was a delight"]
+    index = ReferenceIndex.build(pool)
+    queries = [*pool, "cats and mats", "a film about stock prices", "zzz unknown words"]
+    rows = [*range(len(pool)), None, None, None]
+    dense = (index.vectorizer.transform(queries) @ index.matrix.T).toarray()
+    for q, (text, row) in enumerate(zip(queries, rows, strict=True)):
+        banned = [i for i, t in enumerate(pool) if t == text] + ([row] if row is not None else [])
+        dense[q, banned] = -np.inf
+    expected = np.argmax(dense, axis=1)
+    for values in (len(pool), 3 * len(pool), 1 << 23):  # one query a chunk, three, all at once
+        monkeypatch.setattr(retrieval, "CHUNK_VALUES", values)
+        assert index.nearest(queries, rows).tolist() == expected.tolist()

@@ -94,3 +94,25 @@ def test_block_training_shrinks_and_resumes_where_it_stopped(block_setup, monkey
         [c["loss"] for c in resumed["candidates"]], [c["loss"] for c in whole["candidates"]], rtol=1e-4
     )
     assert work({"block": 1}) == resumed  # finished: read back, never trained again
+
+
+def test_a_block_too_large_to_enumerate_is_binned_over_a_sample(block_setup) -> None:  # type: ignore[no-untyped-def]
+    """One block over the whole teacher: about a million paths, never all built; the bins are drawn from a
+    seeded uniform sample and hold real paths of the space."""
+    from distilnas.search.stages import supernet_blocks
+
+    proxy, _, settings, _, tmp = block_setup
+    space = NasSpace(4, 64, 1, (32, 64), vocab_size=30522, max_positions=128)
+    table = measure_table(space, seq_len=8, repeats=1, warmup=0)
+    trainer = BlockTrainer(BlockWork(proxy, space, settings, table, str(tmp / "big")), 0)
+    assert space.block_count() == 2 * sum(5**k for k in range(1, 9)) > supernet_blocks.ENUMERATE_AT_MOST
+    assert len(trainer.universe) <= supernet_blocks.ENUMERATE_AT_MOST
+    assert len(trainer.params) == len(trainer.universe) == len(trainer.latency)
+    bins = Bins.draw(trainer.params, trainer.latency, 4, 5, random.Random(0), trainer.universe)
+    members = bins.members()
+    assert 5 <= len(members) <= 40 and all(0 <= i < space.block_count() for i in members)
+    assert all(trainer.params_of(i) == space.block_params(0, space.block_at(i)) for i in members)
+    # the parameter bins are ordered: every path of the first is no larger than any of the last
+    assert max(trainer.params_of(i) for i in bins.pools["params0"]) <= min(
+        trainer.params_of(i) for i in bins.pools["params3"]
+    )
