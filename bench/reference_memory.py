@@ -6,7 +6,8 @@ and the wall time of
   final stage gives the training split its references;
 - building the store: the teacher's states of the first 32 tokens of every example, from a teacher-output
   cache of the pool (``ReferenceStore.build``).
-Each figure is measured in a fresh process (``ru_maxrss`` of that process less its RSS before the step).
+Each figure is measured in a fresh process: its peak resident memory during the step (``VmHWM``, reset
+before the step) less its resident memory before it.
 The cache is synthetic (random fp16 states at SST-2's real token counts, MiniLM's width, two layers): the
 store reads only those, so no teacher has to run. Sizes whose dense score matrix would not fit in memory
 are skipped for an implementation that builds one (``--skip-over GB``).
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 task, n, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 try:
@@ -40,11 +41,12 @@ except ImportError:  # a checkout from before the references were split
 from distilnas.distill.teacher_cache import TeacherCache
 texts = json.loads((work / "texts.json").read_text())[:n]
 index = ReferenceIndex.build(texts)
-def rss():
+def status(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-base = rss()
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here
+base = status("VmRSS")
 start = time.perf_counter()
 if task == "retrieval":
     rows = index.nearest(texts, rows=range(len(texts)))
@@ -54,8 +56,7 @@ else:
     key = StoreKey("bench", index.fingerprint, "bench", 1, 32)
     ReferenceStore.build(work / f"store-{n}", cache, index, key)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak_bytes": max(peak - base, 0), "seconds": seconds}))
+print(json.dumps({"peak_bytes": max(status("VmHWM") - base, 0), "seconds": seconds}))
 """
 
 

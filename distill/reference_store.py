@@ -105,6 +105,7 @@ class ReferenceStore:
                         [np.arange(a, a + k) for a, k in zip(starts[s:e], keep[s:e], strict=True)]
                     )
                     f.write(np.ascontiguousarray(cache.hidden[rows, key.layer], dtype=np.float16).tobytes())
+                    cache.release()
             offsets.tofile(tmp / "offsets.i64")
             index.save(tmp / "index")
             files = ["states.f16", "offsets.i64", "index/index.json", "index/matrix.npz"]

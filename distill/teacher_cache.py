@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,6 +120,14 @@ class TeacherCache:
         if shape is None:
             return None
         return np.memmap(self.path / name, dtype=dtype, mode="r", shape=tuple(shape))
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process's memory (they stay in the page cache): a pass
+        over the whole cache then holds only what it reads at once."""
+        for store in (self.hidden, self.qkv, self.logits):
+            mapped = getattr(store, "_mmap", None)
+            if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     # ------------------------------------------------------------------ facts
 
