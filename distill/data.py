@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, load_from_disk
+from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
+from distilnas.distill.caches import touch
 from distilnas.distill.glue import GlueTask, load_split, task_folder
 from distilnas.distill.utils import atomic_dir, file_digest, fingerprint
 
@@ -72,9 +74,28 @@ def tokenize_split(
         limit,
     )
     path = Path(cache_dir) / "tokenized" / f"{task.name}-{split}-{key}" if cache_dir else None
-    if path is not None and (path / "dataset_info.json").is_file():
-        return TokenizedSplit(task, split, load_from_disk(str(path)))
+    if path is None:
+        return TokenizedSplit(
+            task, split, _tokenize_split(task, split, tokenizer, max_length, glue_dir, limit)
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # one worker tokenizes, the others wait and read its copy
+        if not (path / "dataset_info.json").is_file():
+            with atomic_dir(path) as tmp:
+                _tokenize_split(task, split, tokenizer, max_length, glue_dir, limit).save_to_disk(str(tmp))
+    touch(path)
+    return TokenizedSplit(task, split, load_from_disk(str(path)))
 
+
+def _tokenize_split(
+    task: GlueTask,
+    split: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    glue_dir: str | Path | None,
+    limit: int | None,
+) -> Dataset:
+    """The split's rows tokenized (``limit``: the first rows only)."""
     raw = load_split(task, split, glue_dir)
     if limit is not None and limit < len(raw):
         raw = raw.select(range(limit))
@@ -88,12 +109,7 @@ def tokenize_split(
         out["length"] = [len(x) for x in enc["input_ids"]]
         return out
 
-    ds = raw.map(encode, batched=True, remove_columns=list(fields), desc=f"tokenize {task.name}/{split}")
-    if path is not None:
-        with atomic_dir(path) as tmp:
-            ds.save_to_disk(str(tmp))
-        ds = load_from_disk(str(path))
-    return TokenizedSplit(task, split, ds)
+    return raw.map(encode, batched=True, remove_columns=list(fields), desc=f"tokenize {task.name}/{split}")
 
 
 def collate(rows: Sequence[dict], pad_id: int = 0, pad_to: int | None = None) -> dict[str, torch.Tensor]:
@@ -234,9 +250,12 @@ def tokenized_texts(
         "texts-tokenized-v1", fingerprint(list(texts)), tokenizer_fingerprint(tokenizer), max_length
     )
     path = Path(cache_dir) / "tokenized" / f"{name}-{key}"
-    if not (path / "dataset_info.json").is_file():
-        with atomic_dir(path) as tmp:
-            _tokenize(texts, tokenizer, max_length).save_to_disk(str(tmp))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / "dataset_info.json").is_file():
+            with atomic_dir(path) as tmp:
+                _tokenize(texts, tokenizer, max_length).save_to_disk(str(tmp))
+    touch(path)
     return load_from_disk(str(path)), path
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from distilnas.distill.caches import USED, touch
 from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
 from distilnas.distill.glue import GlueTask, load_split
@@ -61,6 +62,7 @@ class ReferenceStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        touch(self.folder)
         meta_file = self.folder / "store.json"
         if not meta_file.is_file():
             raise UserError(f"{self.folder}: no reference store here (store.json missing)")
@@ -182,7 +184,7 @@ class ReferenceStore:
 
     def copy_to(self, folder: Path) -> None:
         """The store's files under ``folder`` (beside a saved student)."""
-        shutil.copytree(self.folder, folder, dirs_exist_ok=True)
+        shutil.copytree(self.folder, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(USED))
 
 
 def task_store(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -27,6 +28,7 @@ from transformers import (
 
 # students of every kind load through the Auto classes: register the NAS-BERT, Kronecker and referenced BERTs
 from distilnas.distill import kronecker, nas_bert, referenced_bert  # noqa: F401  (registration)
+from distilnas.distill.caches import touch
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import split_source_id
 from distilnas.distill.errors import UserError
@@ -239,9 +241,24 @@ def fine_tuned_teacher(
     key = teacher_fingerprint(source, task, settings, glue_dir)
     slug = Path(source.name).name.replace("/", "_")
     path = Path(cache_dir) / "teachers" / f"{slug}-{task.name}-{key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # two workers never train the same teacher twice
+        return _fine_tune(source, task, settings, glue_dir, cache_dir, key, path)
+
+
+def _fine_tune(
+    source: ModelSource,
+    task: GlueTask,
+    settings: TrainSettings,
+    glue_dir: str | Path | None,
+    cache_dir: str | Path,
+    key: str,
+    path: Path,
+) -> tuple[FineTunedTeacher, bool]:
     record_file = path / "teacher.json"
     if record_file.is_file() and any((path / f).is_file() for f in WEIGHT_FILES):
         record = json.loads(record_file.read_text())
+        touch(path)
         return FineTunedTeacher(path, task.name, key, record["metrics"], record), True
 
     tokenizer = load_tokenizer(source)

@@ -18,6 +18,7 @@ cache never calls the teacher. ``proxies/`` decides what to cache; this module o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -34,15 +35,20 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from distilnas.distill.caches import touch
 from distilnas.distill.capture import capture, recording
 from distilnas.distill.data import LengthBucketBatches, collate
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import Views
-from distilnas.distill.utils import atomic_dir, default_device, fingerprint
+from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT = "teacher-outputs-v2"
+FORMAT = "teacher-outputs-v3"
+VERIFIED = "verified.json"
+"""Each file's (size, mtime) when its digest last matched: an open whose files still show them skips
+the digests (a cache of gigabytes is hashed once, not at every trial); any change hashes again."""
+
 FIELDS = ("hidden", "qkv", "logits")
 
 
@@ -54,6 +60,12 @@ def data_digest(dataset: Dataset) -> str:
             h.update(np.asarray(row, dtype=np.int32).tobytes())
             h.update(b"|")
     return h.hexdigest()
+
+
+def index_digest(index: dict) -> str:
+    """The digest of an index's own content (everything but this digest)."""
+    body = {k: v for k, v in index.items() if k != "index_xxh64"}
+    return xxhash.xxh64(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def file_xxh(path: Path) -> str:
@@ -91,8 +103,10 @@ class TeacherCache:
             raise CacheCorrupted(f"{self.path}: no index.json (incomplete cache)")
         try:
             self.index = json.loads(index_file.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CacheCorrupted(f"{index_file}: unreadable ({exc})") from None
+        if self.index.get("index_xxh64") != index_digest(self.index):
+            raise CacheCorrupted(f"{index_file}: does not match its own digest (altered)")
         if expected_fingerprint is not None and self.index.get("fingerprint") != expected_fingerprint:
             raise UserError(
                 f"{self.path}: teacher-output cache is for another teacher, data or settings "
@@ -108,13 +122,27 @@ class TeacherCache:
         self.hidden_size = int(self.index["hidden_size"])
 
     def _verify(self) -> None:
+        stats = {}
         for name, meta in self.index["files"].items():
             f = self.path / name
             if not f.is_file() or f.stat().st_size != meta["bytes"]:
                 size = f.stat().st_size if f.is_file() else "missing"
                 raise CacheCorrupted(f"{f}: {size} bytes, expected {meta['bytes']} (truncated)")
-            if file_xxh(f) != meta["xxh64"]:
-                raise CacheCorrupted(f"{f}: content does not match its digest (corrupted)")
+            stats[name] = [f.stat().st_size, f.stat().st_mtime_ns]
+        stamp = self.path / VERIFIED
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp.read_text()) == stats:
+                self._touch()
+                return
+        for name, meta in self.index["files"].items():
+            if file_xxh(self.path / name) != meta["xxh64"]:
+                raise CacheCorrupted(f"{self.path / name}: content does not match its digest (corrupted)")
+        with contextlib.suppress(OSError):  # a read-only cache is verified again next time
+            atomic_write_json(stamp, stats)
+        self._touch()
+
+    def _touch(self) -> None:
+        touch(self.path)
 
     def _map(self, name: str, dtype: type, shape: list[int] | None) -> np.memmap | None:
         if shape is None:
@@ -216,6 +244,13 @@ def _write(
     tokens = int(offsets[-1])
     cfg = teacher.config
     layers, width = cfg.num_hidden_layers, cfg.hidden_size
+    need = 2 * tokens * width * ((layers + 1) * ("hidden" in key.fields) + 3 * layers * ("qkv" in key.fields))
+    free = shutil.disk_usage(folder).free
+    if need * 1.05 > free:  # a full disk would end the writer with SIGBUS halfway through
+        raise UserError(
+            f"{folder.parent}: the teacher-output cache needs {need / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free (data.cache_dir elsewhere, or `distilnas cache prune`)"
+        )
     shapes: dict[str, list[int]] = {}
     maps: dict[str, np.memmap] = {}
     if "hidden" in key.fields:
@@ -267,6 +302,7 @@ def _write(
         "tokens": tokens,
         "files": {n: {"bytes": (folder / n).stat().st_size, "xxh64": file_xxh(folder / n)} for n in files},
     }
+    index["index_xxh64"] = index_digest(index)
     (folder / "index.json").write_text(json.dumps(index, indent=2))
 
 

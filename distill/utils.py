@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import random
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,15 +50,99 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
+def read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()
+"""Files and folders are made with the modes the user's umask gives (temporary names are private)."""
+TEMP_TAG = f"{socket.gethostname()}-{os.getpid()}"
+"""Marks this process's temporary files and folders, so a dead process's can be told and removed."""
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (folders: their listing, so a rename is durable)."""
+    with contextlib.suppress(OSError):  # not every platform syncs a folder
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (before it is renamed into place)."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
+
+
+def _alive(tag: str) -> bool:
+    host, _, pid = tag.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's (a shared folder): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the temporary copies of ``path`` that killed processes of this machine left behind, and
+    finish a replacement a kill interrupted (the old copy put back when no new one took its place)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tag = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not _alive(tag):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    for old in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
+        if not _alive(old.name.rsplit(".old-", 1)[1]):
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, path)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system
+    or its file system cannot."""
+    renameat2 = getattr(_LIBC, "renameat2", None) if _LIBC is not None else None
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
+    """Write a file so that readers see either the old content or the whole new one, durably (synced),
+    with the modes the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{TEMP_TAG}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -66,22 +155,31 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+    """Yield a temporary folder beside ``path``; on success it takes ``path``'s place in one atomic step.
 
-    On an exception the temporary folder is removed and ``path`` is left as it was.
+    A kill at any point leaves the old folder or the new one, never neither: the new one is synced, then
+    swapped with the old in one step where the system can (else the old is moved aside first and put back
+    by the next writer if the new one never arrived). On an exception the temporary folder is removed and
+    ``path`` is left as it was; temporary folders of killed processes are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{TEMP_TAG}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~UMASK)
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        fsync_tree(tmp)
+        if path.exists() and exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # it holds the old copy now
+        elif path.exists():
+            old = path.with_name(f".{path.name}.old-{TEMP_TAG}")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

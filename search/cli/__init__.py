@@ -15,7 +15,7 @@ from typer.exceptions import TyperException
 
 from distilnas.distill.config import describe
 from distilnas.distill.errors import UserError
-from distilnas.search.cli import data, distill, models, run, search  # noqa: F401  (register the commands)
+from distilnas.search.cli import cache, data, distill, models, run, search  # noqa: F401  (the commands)
 from distilnas.search.cli.app import app, err
 
 __all__ = ["app", "main"]

@@ -29,7 +29,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect the datasets distilnas reads.", no_args_is_help=True)
 search_app = typer.Typer(help="Search layer mappings or architectures on proxies, as Ray Tune trials.")
 space_app = typer.Typer(help="Inspect the architecture space (NAS-BERT).", no_args_is_help=True)
+cache_app = typer.Typer(help="What the cache folder holds, and pruning it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
 app.add_typer(search_app, name="search")
 app.add_typer(space_app, name="space")
 

@@ -194,3 +194,13 @@ def inspected(out: dict[str, Any], batch: int, seq_len: int, measured: bool) -> 
             table.add_row("  + retrieval ms per input", fmt(out["retrieval"]["ms"]))
             table.add_row("latency with retrieval ms", fmt(out["latency_with_retrieval_ms"]))
     return table
+
+
+def cache_entries(title: str, found: list[Any], now: float) -> Table:
+    table = Table(title=f"{title}: {sum(e.bytes for e in found) / 1e6:,.1f} MB")
+    for col in ("kind", "MB", "last used", "what", "path"):
+        table.add_column(col, justify="right" if col == "MB" else "left")
+    for e in found:
+        days = (now - e.last_used) / 86400
+        table.add_row(e.kind, f"{e.bytes / 1e6:,.1f}", f"{days:.1f} days ago", e.what, str(e.path))
+    return table
