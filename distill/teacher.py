@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -129,6 +130,21 @@ def wordpiece_tokenizer(vocab_file: str | Path, lowercase: bool = True) -> PreTr
     if tok.convert_tokens_to_ids("the") == tok.unk_token_id:
         raise UserError(f"{vocab_file}: not a WordPiece vocabulary (no 'the')")
     return tok
+
+
+def check_weights(source: ModelSource) -> None:
+    """A local model's safetensors files open (their header and its offsets fit the file) — read before
+    anything trains from them; no tensor is loaded."""
+    if not source.local:
+        return
+    for f in sorted(Path(source.location).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:
+            raise UserError(
+                f"{f}: damaged weights ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from None
 
 
 def model_config(source: ModelSource, **overrides: Any) -> PretrainedConfig:

@@ -40,7 +40,7 @@ from distilnas.distill.capture import capture, recording
 from distilnas.distill.data import LengthBucketBatches, collate
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import Views
-from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint
+from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint, kill_point
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,9 @@ def _write(
     rows = dataset.select_columns(["input_ids", "token_type_ids"])
     sampler = LengthBucketBatches(lengths, batch_size, shuffle=False)
     with recording(teacher):  # records Q/K/V; the caller's model is left as it was
-        for batch_rows in tqdm(list(sampler), desc="teacher outputs", unit="batch"):
+        for n, batch_rows in enumerate(tqdm(list(sampler), desc="teacher outputs", unit="batch")):
+            if n == len(sampler) // 2:
+                kill_point("cache-write")
             batch = collate([rows[i] for i in batch_rows], pad_id)
             mask = batch["attention_mask"].bool()
             with capture(record_qkv="qkv" in maps) as rec:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -60,6 +61,22 @@ UMASK = read_umask()
 """Files and folders are made with the modes the user's umask gives (temporary names are private)."""
 TEMP_TAG = f"{socket.gethostname()}-{os.getpid()}"
 """Marks this process's temporary files and folders, so a dead process's can be told and removed."""
+
+
+_REACHED: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Fault injection for the kill tests: with ``DISTILNAS_KILL_AT=name`` (or ``name:n``) set, the process
+    kills itself with SIGKILL the first (or n-th) time it reaches this point. Unset, it costs a lookup."""
+    wanted = os.environ.get("DISTILNAS_KILL_AT")
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point == name:
+        _REACHED[name] = _REACHED.get(name, 0) + 1
+        if _REACHED[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_path(path: Path) -> None:
@@ -127,6 +144,9 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+EXCHANGE = os.environ.get("DISTILNAS_RENAME_EXCHANGE", "1") != "0"
+"""Swap folders in one step where the system can (``DISTILNAS_RENAME_EXCHANGE=0``: never, as on a system
+without it; the kill tests use it)."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -170,11 +190,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_tree(tmp)
-        if path.exists() and exchange(tmp, path):
+        kill_point("replace")
+        if path.exists() and EXCHANGE and exchange(tmp, path):
             shutil.rmtree(tmp, ignore_errors=True)  # it holds the old copy now
         elif path.exists():
             old = path.with_name(f".{path.name}.old-{TEMP_TAG}")
             os.replace(path, old)
+            kill_point("replace-aside")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

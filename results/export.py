@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from distilnas.distill.errors import UserError
-from distilnas.distill.utils import atomic_dir, atomic_write_json
+from distilnas.distill.utils import atomic_dir, atomic_write_json, kill_point
 from distilnas.results.records import ExportSource, Provenance
 
 
@@ -108,6 +108,7 @@ def export_students(
                 source.folder / "general", tmp / "encoder", ignore=shutil.ignore_patterns("general.json")
             )
             for t in tasks:
+                kill_point("export")
                 shutil.copytree(source.folder / t, tmp / t, ignore=shutil.ignore_patterns("predictions"))
                 if (source.folder / t / "predictions").is_dir():
                     shutil.copytree(

@@ -27,7 +27,7 @@ from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.glue import get_task, load_split, task_folder
 from distilnas.distill.losses import teacher_fields
 from distilnas.distill.students import StudentSpec, student_spec
-from distilnas.distill.teacher import WEIGHT_FILES, model_config, resolve
+from distilnas.distill.teacher import WEIGHT_FILES, check_weights, model_config, resolve
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.supernet import checked_space
@@ -55,6 +55,7 @@ def teacher_config(cfg: RunConfig) -> PretrainedConfig:
     source = resolve(cfg.teacher.name)
     if not source.has_weights:
         raise UserError(f"teacher.name: {cfg.teacher.name} has no weights (no {' or '.join(WEIGHT_FILES)})")
+    check_weights(source)
     return model_config(source)
 
 
@@ -147,8 +148,13 @@ def storage(url: str | None) -> None:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                writable(Path(parsed.database).parent, f"storage.url {url!r}")
+            folder = (
+                Path(parsed.database).parent if parsed.database and parsed.database != ":memory:" else None
+            )
+            if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+                raise UserError(
+                    f"storage.url {url!r}: {folder} is not a writable folder (SQLite makes no folders)"
+                )
             return
         engine = create_engine(url)
         with engine.connect():

@@ -14,7 +14,7 @@ from distilnas.distill.glue import get_task
 from distilnas.distill.measure import count_parameters, profile
 from distilnas.distill.metrics import glue_average
 from distilnas.distill.recipes import evaluate_model
-from distilnas.distill.teacher import load_encoder, resolve
+from distilnas.distill.teacher import check_weights, load_encoder, resolve
 from distilnas.distill.utils import default_cache_dir
 from distilnas.search.cli import render
 from distilnas.search.cli.app import GlueDirOpt, JsonOpt, app, emit, glue_dir_or_env, setup_logging
@@ -93,6 +93,7 @@ def evaluate(
     source = resolve(model)
     if not source.has_weights:
         raise UserError(f"{model}: has no weights to fine-tune or score (a folder with a config.json alone)")
+    check_weights(source)
     result, figures, written = evaluate_model(
         source,
         t,
