@@ -110,6 +110,12 @@ def _alive(tag: str) -> bool:
     return True
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary copy :func:`atomic_dir` or :func:`atomic_write_text` makes (a
+    writer's at work, or a killed one's that the next writer removes): never a result of its own."""
+    return path.name.startswith(".") and (path.name.endswith(".tmp") or ".old-" in path.name)
+
+
 def remove_stale(path: Path) -> None:
     """Remove the temporary copies of ``path`` that killed processes of this machine left behind, and
     finish a replacement a kill interrupted (the old copy put back when no new one took its place)."""

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from distilnas.distill.errors import UserError
-from distilnas.distill.utils import atomic_dir, atomic_write_json, kill_point
+from distilnas.distill.utils import atomic_dir, atomic_write_json, is_temporary, kill_point
 from distilnas.results.records import ExportSource, Provenance
 
 
@@ -70,11 +70,13 @@ def is_own_export(folder: Path, config_hash: str) -> bool:
 def export_targets(table: pd.DataFrame, dest: Path, config_hash: str, front_only: bool = True) -> list[Path]:
     """The folders the exports go to, checked before anything is written: ``dest`` may be new, empty or
     hold this run's exports only; a target that exists is refused unless it is this run's own export of
-    the same student (then it is kept: resuming)."""
+    the same student (then it is kept: resuming). A killed export's temporary copies are not strangers."""
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest}: not a folder; choose another export folder")
     if dest.is_dir():
-        strangers = sorted(p for p in dest.iterdir() if not is_own_export(p, config_hash))
+        strangers = sorted(
+            p for p in dest.iterdir() if not is_temporary(p) and not is_own_export(p, config_hash)
+        )
         if strangers:
             raise UserError(
                 f"{strangers[0]}: export target exists (not this run's export); choose another folder"

@@ -24,17 +24,38 @@ from pydantic import ValidationError
 
 from distilnas.distill.config import describe
 from distilnas.distill.errors import ConfigError, UserError
-from distilnas.distill.utils import atomic_write_json
+from distilnas.distill.teacher import resolve
+from distilnas.distill.utils import atomic_write_json, file_digest
 from distilnas.results.storage import JOURNAL, open_storage
 from distilnas.search.config import RunConfig
 
 CONFIG = "config.json"
 RESULTS = "results.json"
 
-MAPPING_INPUTS = ("teacher", "data", "proxy", "distill", "search.mapping", "seed")
+MAPPING_INPUTS = ("teacher", "data.glue_dir", "data.corpus", "proxy", "distill", "search.mapping", "seed")
 """What the mapping search's outputs depend on (another final stage may reuse them)."""
-SUPERNET_INPUTS = ("teacher", "data", "distill.max_length", "search.supernet", "final.latency", "seed")
-"""What the supernet search's outputs depend on (its latency table is timed at ``final.latency``)."""
+SUPERNET_INPUTS = (
+    "teacher.name", "data.corpus", "distill.max_length", "search.supernet", "final.latency", "seed"
+)  # fmt: skip
+"""What the supernet search's outputs depend on: the teacher's hidden states on the corpus (never its
+fine-tuned copies) and its latency table, timed at ``final.latency``."""
+
+
+def made_from(cfg: RunConfig, inputs: tuple[str, ...] | None) -> dict[str, str]:
+    """What the config's names stand for, by content: the teacher's weights and the corpus files of the
+    ``inputs`` (a folder or file changed in place under the same name is another input)."""
+
+    def depends(section: str) -> bool:
+        return inputs is None or any(s == section or s.startswith(f"{section}.") for s in inputs)
+
+    out = {}
+    if depends("teacher") or "teacher.name" in (inputs or ()):
+        out["the teacher's weights"] = resolve(cfg.teacher.name).identity()
+    corpus = cfg.data.corpus
+    if corpus is not None and (depends("data") or "data.corpus" in (inputs or ())):
+        for f in corpus.files:
+            out[f"corpus file {f}"] = file_digest(f) if Path(f).is_file() else "missing"
+    return out
 
 
 @dataclass(frozen=True)
@@ -114,9 +135,11 @@ class Folder:
     def started(self) -> bool:
         return self.config_file.is_file()
 
-    def difference(self, cfg: RunConfig) -> tuple[str, Any, Any] | None:
-        """The first of the folder's inputs where ``cfg`` differs from the config that made it."""
-        old, new = self._recorded()["config"], cfg.model_dump(mode="json")
+    def difference(self, cfg: RunConfig) -> str | None:
+        """How ``cfg`` differs from the config that made the folder in its inputs: the first setting, else
+        what a name stands for (:func:`made_from`); None when they agree."""
+        recorded = self._recorded()
+        old, new = recorded["config"], cfg.model_dump(mode="json")
         for section in self.inputs or ("",):
             a: Any = old
             b: Any = new
@@ -124,17 +147,22 @@ class Folder:
                 a, b = (a or {}).get(part), (b or {}).get(part)
             found = first_difference(a, b, section)
             if found:
-                return found
+                field, was, now = found
+                return f"{field}={show(was)}; this config has {show(now)}"
+        if "made_from" in recorded:
+            found = first_difference(recorded["made_from"], made_from(cfg, self.inputs))
+            if found:
+                what, was, now = found
+                return f"{what} {was}; they are {now} now"
         return None
 
     def check_inputs(self, cfg: RunConfig, what: str = "") -> None:
         """Refuse to use the folder's outputs for ``cfg`` unless they were made from the same inputs."""
         found = self.difference(cfg)
         if found:
-            field, old, new = found
             raise UserError(
-                f"{self.path}: {what}{self.path.name} was made with {field}={show(old)}; this config has "
-                f"{show(new)} (choose another output_dir, or remove the folder)"
+                f"{self.path}: {what}{self.path.name} was made with {found}"
+                " (choose another output_dir, or remove the folder)"
             )
 
     def check(self, cfg: RunConfig, resume: bool) -> None:
@@ -150,7 +178,12 @@ class Folder:
 
     def record(self, cfg: RunConfig) -> None:
         atomic_write_json(
-            self.config_file, {"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}
+            self.config_file,
+            {
+                "hash": cfg.config_hash(),
+                "config": cfg.model_dump(mode="json"),
+                "made_from": made_from(cfg, self.inputs),
+            },
         )
 
     def _recorded(self) -> dict[str, Any]:

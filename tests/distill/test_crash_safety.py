@@ -51,7 +51,8 @@ torch.manual_seed(0)
 shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 teacher = BertModel(BertConfig(**shape)).eval()
 torch.manual_seed(1)
-student = BertModel(BertConfig(**{**shape, "hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32}))
+small = {**shape, "hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32}
+student = BertModel(BertConfig(**small))
 texts = [f"sentence number {i} of the kill test, with some words" for i in range(64)]
 data = tokenize_texts(texts, wordpiece_tokenizer(sys.argv[2]), 24)
 settings = DistillSettings(losses={"hidden_mse": 1.0}, steps=6, batch_size=8, checkpoint_every=2)

@@ -108,3 +108,33 @@ def test_a_nas_student_takes_the_same_path_at_its_block_boundaries(
     outcome = run.saved_task("rte", predictions=True)
     assert 0 <= outcome["score"] <= 100
     assert (tmp_path / "nas-run" / "rte" / "predictions" / "RTE.tsv").is_file()
+
+
+def test_a_saved_stage_made_from_other_inputs_is_trained_again(
+    data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    distil(record(data), PAIRS, data, DISTILL, ["rte"], folder=folder)
+    general = (folder / "general" / "model.safetensors").read_bytes()
+    trained: list[str] = []
+    fit = Distiller.fit
+
+    def counted(self: Distiller, *args: object, **kwargs: object) -> object:
+        trained.append(str(kwargs.get("desc")))
+        return fit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Distiller, "fit", counted)
+    # other task settings: the general stage is read back, the task stages are trained again
+    prediction = DISTILL.task.prediction.model_copy(update={"steps": 3})
+    task = DISTILL.model_copy(update={"task": DISTILL.task.model_copy(update={"prediction": prediction})})
+    again = distil(record(data), PAIRS, data, task, ["rte"], folder=folder)
+    assert trained == ["distil: layers", "distil: prediction"]
+    assert (folder / "general" / "model.safetensors").read_bytes() == general
+    fresh = distil(record(data), PAIRS, data, task, ["rte"], folder=tmp_path / "fresh")
+    assert figures(again["rte"]) == figures(fresh["rte"])  # as if it had never been trained otherwise
+    # other general settings: every stage is trained again
+    trained.clear()
+    steps = task.model_copy(update={"general": DISTILL.general.model_copy(update={"steps": 2})})
+    distil(record(data), PAIRS, data, steps, ["rte"], folder=folder)
+    assert trained == ["general distillation", "distil: layers", "distil: prediction"]
+    assert (folder / "general" / "model.safetensors").read_bytes() != general

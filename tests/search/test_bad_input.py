@@ -96,6 +96,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         {**config, "output_dir": str(root / "searched")}
     )  # a search alone, of other inputs
     RunFolder.of(searched).mapping.record(searched.model_copy(update={"seed": 7}))
+    # a search of a teacher whose weights were replaced after it, under the same name
+    shutil.copytree(teacher, root / "retrained")
+    moved = parse_config({**config, "teacher": {**config["teacher"], "name": str(root / "retrained")}})
+    moved = moved.model_copy(update={"output_dir": root / "moved"})
+    RunFolder.of(moved).mapping.record(moved)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(root / "retrained" / "model.safetensors")
+    save_file({k: v + 1 for k, v in weights.items()}, root / "retrained" / "model.safetensors")
     (earlier / "final" / "results.json").write_text("{}")
     (earlier / "optuna.journal").write_text("")
     # model folders that are broken in one way each
@@ -443,6 +452,18 @@ CASES: dict[str, tuple[Case, str]] = {
         ],
         "search-mapping was made with seed=7; this config has 0",
     ),
+    "a stage of a teacher replaced under its name": (
+        lambda w: [
+            "run",
+            w.config_with(
+                "moved.yaml",
+                output_dir=str(w.root / "moved"),
+                teacher__name=str(w.root / "retrained"),
+                final__students=["searched"],
+            ),
+        ],
+        "search-mapping was made with the teacher's weights model.safetensors:",
+    ),
     "unreachable Ray address": (
         lambda w: ["run", w.config_with("ray.yaml", ray={"address": "127.0.0.1:1"})],
         "ray.address '127.0.0.1:1': cannot connect",
@@ -483,3 +504,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(world: World, name: str
     assert message.format(root=world.root) in lines[0], lines[0]
     assert snapshot(world.root) == before  # nothing created, nothing an earlier run wrote changed
     assert not (world.root / "out").exists()
+
+
+def test_an_unexpected_failure_is_one_line_exit_1_and_its_traceback_is_kept(
+    glue_dir: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug, not the user's input\nsecond line")
+
+    monkeypatch.setattr("distilnas.search.cli.data.count_rows", broken)
+    ran = cli("data", "check", "--glue-dir", str(glue_dir))
+    (line,) = ran.stderr.strip().splitlines()
+    assert ran.returncode == 1 and line.startswith("distilnas: unexpected error: RuntimeError: a bug, not")
+    log = Path(line.rsplit("(traceback in ", 1)[1].rstrip(")"))
+    kept = log.read_text()
+    assert "Traceback" in kept and "in broken" in kept and "second line" in kept
+    log.unlink()

@@ -1,12 +1,15 @@
 """The commands on data and models, run as a user runs them: ``data check``, ``latency``, ``teacher`` and
-``evaluate`` (results, caching, and one-line errors with exit code 2)."""
+``evaluate`` (results, caching, and one-line errors with exit code 2), and ``cache list`` / ``prune``."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from helpers import SHARED, SOURCES_ROWS, Cli, Ran, bert_flops, bert_params, save_tiny_bert
 
 from distilnas.distill.config import TrainSettings
@@ -78,6 +81,24 @@ def test_teacher_cli_trains_then_reuses(tiny_bert: Path, glue_dir: Path, tmp_pat
     assert second["tasks"]["wnli"]["cached"] is True
     bad = cli("teacher", str(cfg), "-t", "wnli", "-t", "sst3")
     assert bad.returncode == 2 and "unknown GLUE task 'sst3'" in bad.stderr
+    # the cache holds both teachers (and their tokenized data); one unused for ten days is pruned
+    listed = json.loads(cli("cache", "list", "--config", str(cfg), "--json").stdout)
+    teachers = {e["what"]: e for e in listed["entries"] if e["kind"] == "teachers"}
+    assert set(teachers) == {f"{tiny_bert} fine-tuned on wnli", f"{tiny_bert} fine-tuned on stsb"}
+    assert listed["bytes"] == sum(e["bytes"] for e in listed["entries"]) > 0
+    old = Path(teachers[f"{tiny_bert} fine-tuned on stsb"]["path"])
+    (old / ".last-used").unlink(missing_ok=True)  # made by the first run, not used since
+    os.utime(old, (time.time() - 10 * 86400,) * 2)
+    args = ("cache", "prune", "--config", str(cfg), "--older-than", "5", "--kind", "teachers", "--json")
+    would = json.loads(cli(*args, "--dry-run").stdout)
+    assert [e["path"] for e in would["removed"]] == [str(old)] and old.is_dir()
+    with FileLock(str(old) + ".lock"):  # in use (being read): kept
+        assert json.loads(cli(*args).stdout)["removed"] == [] and old.is_dir()
+    assert [e["path"] for e in json.loads(cli(*args).stdout)["removed"]] == [str(old)]
+    assert not old.exists()
+    again = json.loads(cli("teacher", str(cfg), "-t", "stsb", "-t", "wnli", "--json").stdout)
+    assert not again["tasks"]["stsb"]["cached"] and again["tasks"]["wnli"]["cached"]  # made again
+    assert again["tasks"]["stsb"]["metrics"] == stsb  # the same teacher: keyed by what made it
 
 
 def test_evaluate_cli(tiny_bert: Path, glue_dir: Path, tmp_path: Path, cli: Cli) -> None:
