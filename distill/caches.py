@@ -63,9 +63,10 @@ def describe(kind: str, folder: Path) -> str:
         return f"{r.get('teacher', '?')} fine-tuned on {r.get('task', '?')}" if r else "a teacher (no record)"
     if kind == "teacher-outputs":
         r = read_json(folder / "index.json")
-        fields = ",".join(r.get("fields", []))
+        fields = ", ".join(r.get("fields", []))
         return (
-            f"outputs ({fields}) of {r.get('teacher', '?')} on {r.get('examples', '?')} examples"
+            f"{fields} of teacher {r.get('teacher', '?')} on {r.get('examples', '?')} examples"
+            f" (max length {r.get('max_length', '?')})"
             if r
             else "incomplete"
         )
@@ -73,7 +74,22 @@ def describe(kind: str, folder: Path) -> str:
         key = read_json(folder / "store.json").get("key", {})
         layer, tokens = key.get("layer", "?"), key.get("tokens", "?")
         return f"references of {key.get('teacher', '?')}, layer {layer}, {tokens} tokens"
-    return f"tokenized {folder.name.rsplit('-', 1)[0]}"
+    rows = arrow_rows(folder)
+    return f"{folder.name.rsplit('-', 1)[0]} tokenized" + (f", {rows:,} rows" if rows is not None else "")
+
+
+def arrow_rows(folder: Path) -> int | None:
+    """How many rows a saved dataset holds (read from its Arrow files, memory-mapped); None if unreadable."""
+    import pyarrow as pa
+
+    try:
+        total = 0
+        for f in sorted(folder.glob("*.arrow")):
+            with pa.memory_map(str(f)) as source:
+                total += pa.ipc.open_stream(source).read_all().num_rows
+        return total
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def entries(root: Path) -> list[CacheEntry]:

@@ -196,11 +196,20 @@ def inspected(out: dict[str, Any], batch: int, seq_len: int, measured: bool) -> 
     return table
 
 
+def ago(seconds: float) -> str:
+    """A time span as people say it: minutes, hours, then days."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
 def cache_entries(title: str, found: list[Any], now: float) -> Table:
     table = Table(title=f"{title}: {sum(e.bytes for e in found) / 1e6:,.1f} MB")
-    for col in ("kind", "MB", "last used", "what", "path"):
+    for col in ("entry", "MB", "last used", "what"):
         table.add_column(col, justify="right" if col == "MB" else "left")
     for e in found:
-        days = (now - e.last_used) / 86400
-        table.add_row(e.kind, f"{e.bytes / 1e6:,.1f}", f"{days:.1f} days ago", e.what, str(e.path))
+        name = f"{e.path.parent.name}/{e.path.name}"  # the kind's folder and the entry's key
+        table.add_row(name, f"{e.bytes / 1e6:,.1f}", ago(now - e.last_used), e.what)
     return table

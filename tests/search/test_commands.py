@@ -86,6 +86,13 @@ def test_teacher_cli_trains_then_reuses(tiny_bert: Path, glue_dir: Path, tmp_pat
     teachers = {e["what"]: e for e in listed["entries"] if e["kind"] == "teachers"}
     assert set(teachers) == {f"{tiny_bert} fine-tuned on wnli", f"{tiny_bert} fine-tuned on stsb"}
     assert listed["bytes"] == sum(e["bytes"] for e in listed["entries"]) > 0
+    tokenized = sorted(e["what"] for e in listed["entries"] if e["kind"] == "tokenized")
+    assert tokenized == [  # train_limit 32; dev whole (its header line apart)
+        "stsb-train tokenized, 32 rows",
+        "stsb-validation tokenized, 1,500 rows",
+        "wnli-train tokenized, 32 rows",
+        "wnli-validation tokenized, 71 rows",
+    ]
     old = Path(teachers[f"{tiny_bert} fine-tuned on stsb"]["path"])
     (old / ".last-used").unlink(missing_ok=True)  # made by the first run, not used since
     os.utime(old, (time.time() - 10 * 86400,) * 2)
