@@ -106,6 +106,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     weights = load_file(root / "retrained" / "model.safetensors")
     save_file({k: v + 1 for k, v in weights.items()}, root / "retrained" / "model.safetensors")
     (earlier / "final" / "results.json").write_text("{}")
+    # a GLUE folder with a row of too few fields, and a run folder whose record is damaged
+    shutil.copytree(GLUE / "RTE", root / "glue-broken" / "RTE")
+    with open(root / "glue-broken" / "RTE" / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("9999\ta sentence without its pair\n")
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "config.json").write_text('{"hash": "abc", "config": {')
     (earlier / "optuna.journal").write_text("")
     # model folders that are broken in one way each
     for name in ("no-config", "bad-json", "no-weights", "bad-weights"):
@@ -427,6 +433,14 @@ CASES: dict[str, tuple[Case, str]] = {
     "cache prune of an unknown kind": (
         lambda w: ["cache", "prune", "--older-than", "1", "--kind", "nope"],
         "--kind 'nope': choose from",
+    ),
+    "a TSV row with too few fields": (
+        lambda w: ["run", w.config_with("row.yaml", data__glue_dir=str(w.root / "glue-broken"))],
+        "RTE/train.tsv:",
+    ),
+    "export of a run whose config.json is damaged": (
+        lambda w: ["export", w.root / "corrupt"],
+        "corrupt/config.json: unreadable",
     ),
     "export of a folder that is no run": (
         lambda w: ["export", w.root / "cases"],
