@@ -14,6 +14,7 @@ A folder belongs to the config that made it: running another config in it, or th
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,20 +43,34 @@ fine-tuned copies) and its latency table, timed at ``final.latency``."""
 
 
 def made_from(cfg: RunConfig, inputs: tuple[str, ...] | None) -> dict[str, str]:
-    """What the config's names stand for, by content: the teacher's weights and the corpus files of the
-    ``inputs`` (a folder or file changed in place under the same name is another input)."""
+    """What the config's names stand for, by content: the teacher's weights and the corpus files, where
+    ``inputs`` hold them (a folder or file changed in place under the same name is another input)."""
 
-    def depends(section: str) -> bool:
-        return inputs is None or any(s == section or s.startswith(f"{section}.") for s in inputs)
+    def depends(setting: str) -> bool:
+        return inputs is None or any(
+            s == setting or setting.startswith(f"{s}.") or s.startswith(f"{setting}.") for s in inputs
+        )
 
     out = {}
-    if depends("teacher") or "teacher.name" in (inputs or ()):
+    if depends("teacher.name"):
         out["the teacher's weights"] = resolve(cfg.teacher.name).identity()
-    corpus = cfg.data.corpus
-    if corpus is not None and (depends("data") or "data.corpus" in (inputs or ())):
-        for f in corpus.files:
-            out[f"corpus file {f}"] = file_digest(f) if Path(f).is_file() else "missing"
+    if cfg.data.corpus is not None and depends("data.corpus"):
+        for f in cfg.data.corpus.files:
+            out[f"corpus file {f}"] = content_digest(Path(f))
     return out
+
+
+def content_digest(path: Path) -> str:
+    """A file's digest, hashed once per process while its size and modification time stay the same."""
+    if not path.is_file():
+        return "missing"
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(path)
 
 
 @dataclass(frozen=True)
@@ -153,7 +168,7 @@ class Folder:
             found = first_difference(recorded["made_from"], made_from(cfg, self.inputs))
             if found:
                 what, was, now = found
-                return f"{what} {was}; they are {now} now"
+                return f"{what} {was}; now {now}"
         return None
 
     def check_inputs(self, cfg: RunConfig, what: str = "") -> None:

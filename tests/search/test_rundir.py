@@ -52,6 +52,29 @@ def test_a_folder_belongs_to_its_config(tmp_path: Path) -> None:
     assert stage.finished and stage.results() == {"best": 1}
 
 
+def test_a_stage_is_judged_by_its_inputs_and_by_what_their_names_stand_for(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a first line of text\n")
+    base = {"teacher": {"name": str(tiny_bert)}, "data": {"corpus": {"files": [str(corpus)]}}}
+    cfg = parse_config({**base, "output_dir": str(tmp_path / "run")})
+    supernet = RunFolder.of(cfg).supernet
+    supernet.record(cfg)
+    # outside its inputs (the teacher's fine-tuning, the cache folder): the folder is still this config's
+    other = parse_config(
+        {**base, "teacher": {**base["teacher"], "train": {"epochs": 9}}, "output_dir": str(tmp_path / "run")}
+    )
+    supernet.check_inputs(
+        other.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": tmp_path})})
+    )
+    with pytest.raises(UserError, match=r"was made with search\.supernet\.bins=10; this config has 3"):
+        supernet.check_inputs(parse_config({**base, "search": {"supernet": {"bins": 3}}}))
+    corpus.write_text("the same file, other text\n")  # changed in place, under the same name
+    with pytest.raises(UserError, match=f"made with corpus file {corpus} [0-9a-f]{{16}}; now [0-9a-f]{{16}}"):
+        supernet.check_inputs(cfg)
+
+
 def test_a_damaged_record_is_one_clear_error(tmp_path: Path) -> None:
     run = RunFolder(tmp_path)
     with pytest.raises(UserError, match="not a distilnas run folder"):
