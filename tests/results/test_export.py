@@ -78,43 +78,35 @@ def test_front_students_are_exported_with_their_record(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
-KILLED_EXPORT = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from test_export import PROVENANCE, TASKS, saved_student, student, teacher
-from distilnas.results.export import export_students
-from distilnas.results.records import ExportSource
-from distilnas.results.table import results_table
-root = Path(sys.argv[2])
-results = [student("a", 100, 2.0, (60.0, 70.0), 55.0), student("b", 50, 1.0, (50.0, 60.0), 45.0)]
-final = root / "final"
-sources = {r.name: ExportSource(r, (final / r.name) if (final / r.name).is_dir()
-           else saved_student(final / r.name)) for r in results}
-export_students(results_table(teacher(), results, TASKS), sources, TASKS, PROVENANCE, root / "exports")
-"""
+def export_two(root: str) -> None:
+    """Two front students' exports under ``root/exports`` (their final-stage folders made once)."""
+    results = [student("a", 100, 2.0, (60.0, 70.0), 55.0), student("b", 50, 1.0, (50.0, 60.0), 45.0)]
+    final = Path(root) / "final"
+    sources = {
+        r.name: ExportSource(
+            r, final / r.name if (final / r.name).is_dir() else saved_student(final / r.name)
+        )
+        for r in results
+    }
+    export_students(
+        results_table(teacher(), results, TASKS), sources, TASKS, PROVENANCE, Path(root) / "exports"
+    )
 
 
 def test_an_export_killed_half_way_is_finished_the_same_by_the_next_one(tmp_path: Path) -> None:
-    def export(root: Path, kill_at: str | None = None) -> int:
-        env = {k: v for k, v in os.environ.items() if k != "DISTILNAS_KILL_AT"}
-        env.update({"DISTILNAS_KILL_AT": kill_at} if kill_at else {})
-        here = Path(__file__).parent
-        proc = subprocess.run(
-            [sys.executable, "-c", KILLED_EXPORT, here, root], env=env, capture_output=True, text=True
-        )
-        assert proc.returncode in (0, -9), proc.stderr[-3000:]
-        return proc.returncode
-
     def tree(folder: Path) -> dict[str, bytes]:
         return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
-    assert export(tmp_path / "whole") == 0
+    export_two(str(tmp_path / "whole"))
     # killed copying the second student's first task: the first student exported, the second not at all
-    assert export(tmp_path / "killed", kill_at="export:3") == -9
+    here = Path(__file__).parent
+    env = dict(os.environ, DISTILNAS_KILL_AT="export:3", PYTHONPATH=f"{here}{os.pathsep}{here.parent}")
+    code = f"import test_export as t; t.export_two({str(tmp_path / 'killed')!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-3000:]
     exports = tmp_path / "killed" / "exports"
     assert len([p for p in exports.iterdir() if not p.name.startswith(".")]) == 1
-    assert export(tmp_path / "killed") == 0
+    export_two(str(tmp_path / "killed"))  # the killed one's temporary copy is no stranger: it is removed
     assert sorted(p.name for p in exports.iterdir()) == sorted(
         p.name for p in (tmp_path / "whole" / "exports").iterdir()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,9 +169,16 @@ def final_jobs(run_dir: Path) -> list[str]:
 
 
 def test_killed_run_resumes_without_redoing_finished_trials(
-    tmp_path: Path, glue_dir: Path, corpus_dir: Path
+    finished: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    cfg = write_config(tmp_path, glue_dir, corpus_dir)
+    """Killed mid-final-stage and resumed, a run of the finished one's config in another folder (its
+    teacher, its caches and a copy of its search: the same inputs) ends with the same scores."""
+    done, out = finished
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        done.read_text().replace(f"output_dir: {done.parent / 'out'}", f"output_dir: {tmp_path / 'out'}")
+    )
+    shutil.copytree(done.parent / "out" / "search-mapping", tmp_path / "out" / "search-mapping")
     env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_ADDRESS="")
     proc = subprocess.Popen(
         [sys.executable, "-m", "distilnas", "run", str(cfg)],
@@ -188,8 +196,12 @@ def test_killed_run_resumes_without_redoing_finished_trials(
     assert 4 <= len(before) < 9, before  # 3 students: 3 general + 6 task jobs in all
     resumed = run("run", str(cfg), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "mapping search: finished earlier" in resumed.stderr
     after = final_jobs(tmp_path / "out")
     assert set(before) < set(after)
     assert len(after) == len(set(after)) == 9  # every job once: nothing finished ran again
-    table = json.loads(resumed.stdout)["table"]
-    assert sum(r["kind"] == "student" for r in table) == 3
+
+    def scores(table: list[dict]) -> dict[str, tuple]:
+        return {r["model"]: (r["params"], r["rte"], r["mrpc"]) for r in table}
+
+    assert scores(json.loads(resumed.stdout)["table"]) == scores(out["table"])  # as if never killed
