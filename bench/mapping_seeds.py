@@ -27,6 +27,8 @@ from distilnas.search.stages.mapping import run_mapping_search
 
 def one_seed(config: Path, seed: int) -> dict[str, Any]:
     cfg = load_config(config)
+    mapping = cfg.search.mapping.model_copy(update={"strategy": "ga"})  # the GA is what is measured
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"mapping": mapping})})
     if seed != cfg.seed:
         cfg = cfg.model_copy(update={"seed": seed, "output_dir": Path(f"{cfg.output_dir}-seed{seed}")})
     done = cfg.output_dir / "search-mapping" / "results.json"

@@ -52,20 +52,41 @@ def front_figure(table: pd.DataFrame, x: str, title: str, log_x: bool) -> go.Fig
     return fig
 
 
-def convergence_figure(search: dict[str, Any]) -> go.Figure:
+def fitness_traces(search: dict[str, Any]) -> tuple[list[go.BaseTraceType], str]:
+    """The GA's best and mean proxy fitness per generation; for an exhaustive search, every mapping's
+    fitness, ranked. With the x axis' title."""
+    if search["mode"] == "exhaustive":
+        ranked = search["exhaustive"]["ranked"]
+        return [
+            go.Bar(x=[r["mapping"] for r in ranked], y=[r["fitness"] for r in ranked], name="fitness")
+        ], "mapping"
     book = search["ga"]["logbook"]
     gens = [b["generation"] for b in book]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=gens, y=[b["best"] for b in book], name="GA best", mode="lines+markers"))
-    fig.add_trace(go.Scatter(x=gens, y=[b["mean"] for b in book], name="GA mean", mode="lines+markers"))
+    return [
+        go.Scatter(x=gens, y=[b["best"] for b in book], name="GA best", mode="lines+markers"),
+        go.Scatter(x=gens, y=[b["mean"] for b in book], name="GA mean", mode="lines+markers"),
+    ], "generation"
+
+
+def add_yardsticks(fig: go.Figure, search: dict[str, Any], **where: int) -> None:
+    """The baselines' fitness (and random search's best) as horizontal lines."""
     for name, value in search["baselines"].items():
         if value is not None:
-            fig.add_hline(y=value, line_dash="dot", annotation_text=name)
+            fig.add_hline(y=value, line_dash="dot", annotation_text=name, **where)
     if (search.get("random") or {}).get("best"):
-        fig.add_hline(y=search["random"]["best"]["fitness"], line_dash="dash", annotation_text="random best")
+        fig.add_hline(
+            y=search["random"]["best"]["fitness"], line_dash="dash", annotation_text="random best", **where
+        )
+
+
+def convergence_figure(search: dict[str, Any]) -> go.Figure:
+    traces, x_title = fitness_traces(search)
+    fig = go.Figure(traces)
+    add_yardsticks(fig, search)
+    what = "every valid mapping" if search["mode"] == "exhaustive" else "proxy fitness per generation"
     fig.update_layout(
-        title=f"layer-mapping search: proxy fitness per generation (best {search['ga']['best']['mapping']})",
-        xaxis_title="generation",
+        title=f"layer-mapping search: {what} (best {search['best']['mapping']})",
+        xaxis_title=x_title,
         yaxis_title="proxy fitness",
         height=400,
     )
@@ -161,19 +182,14 @@ class SearchTrial:
 
 
 def write_search_report(path: Path, results: dict[str, Any], trials: list[SearchTrial]) -> Path:
-    """The mapping search's page: convergence per generation and a heatmap of the mappings tried."""
-    book = results["ga"]["logbook"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("GA convergence (proxy fitness)", "mappings tried"))
-    gens = [b["generation"] for b in book]
-    fig.add_trace(go.Scatter(x=gens, y=[b["best"] for b in book], name="best", mode="lines+markers"), 1, 1)
-    fig.add_trace(go.Scatter(x=gens, y=[b["mean"] for b in book], name="mean", mode="lines+markers"), 1, 1)
-    for name, value in results["baselines"].items():
-        if value is not None:
-            fig.add_hline(y=value, line_dash="dot", annotation_text=name, row=1, col=1)
-    if results.get("random", {}).get("best"):
-        fig.add_hline(
-            y=results["random"]["best"]["fitness"], line_dash="dash", annotation_text="random", row=1, col=1
-        )
+    """The mapping search's page: convergence per generation (or every mapping, when exhaustive) and a
+    heatmap of the mappings tried."""
+    traces, x_title = fitness_traces(results)
+    title = "every valid mapping" if results["mode"] == "exhaustive" else "GA convergence"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{title} (proxy fitness)", "mappings tried"))
+    for trace in traces:
+        fig.add_trace(trace, 1, 1)
+    add_yardsticks(fig, results, row=1, col=1)
     trials = sorted(trials, key=lambda t: t.fitness)
     layers = results["space"]["student_layers"]
     z = [[g or 0 for g in LayerMapping.from_string(t.mapping).targets] for t in trials]
@@ -188,7 +204,7 @@ def write_search_report(path: Path, results: dict[str, Any], trials: list[Search
         1,
         2,
     )
-    fig.update_xaxes(title_text="generation", row=1, col=1)
+    fig.update_xaxes(title_text=x_title, row=1, col=1)
     fig.update_layout(title="distilnas layer-mapping search", height=max(500, 18 * len(trials)))
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return path

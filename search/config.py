@@ -52,6 +52,19 @@ class MappingSearchConfig(Strict):
     seed_with_baselines: bool = False
     """Start the GA's population from the uniform and last-layers mappings (then random ones): with
     elitism the GA never ends below them. Random search gets no such start."""
+    strategy: Literal["auto", "ga", "exhaustive"] = "auto"
+    """``auto``: exhaustive search (every valid mapping once) when the space after its constraints is no
+    larger than the evaluation budget, else the GA (and random search at its budget)."""
+
+    @property
+    def budget(self) -> int:
+        """Evaluations the search may spend: the GA's population times its generations, as much again
+        for random search at its budget."""
+        return self.population * self.generations * (2 if self.random_baseline else 1)
+
+    def exhaustive(self, size: int) -> bool:
+        """Whether a space of ``size`` valid mappings is searched exhaustively."""
+        return self.strategy == "exhaustive" or (self.strategy == "auto" and size <= self.budget)
 
     @model_validator(mode="after")
     def _sizes(self) -> MappingSearchConfig:

@@ -249,15 +249,27 @@ def general_fields(cfg: RunConfig) -> frozenset[str]:
     return teacher_fields(cfg.distill.general.losses)
 
 
+def mapping_space(cfg: RunConfig, tcfg: PretrainedConfig) -> None:
+    """The mapping space, and an exhaustive search asked for that it cannot afford."""
+    scfg = cfg.search.mapping
+    size = MappingSpace.build(
+        cfg.distill.student.layers, int(tcfg.num_hidden_layers), scfg.constraints
+    ).size()
+    if scfg.strategy == "exhaustive" and size > scfg.budget:
+        raise UserError(
+            f"search.mapping.strategy: exhaustive over {size} valid mappings, more than the budget of "
+            f"{scfg.budget} evaluations (population x generations, x2 with random search); raise them, "
+            "or choose 'ga' or 'auto'"
+        )
+
+
 def check_mapping_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
     """``distilnas search mapping`` (and the mapping search of ``distilnas run``)."""
     writable(cfg.output_dir, "output_dir")
     RunFolder.of(cfg).mapping.check(cfg, resume)
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
-    MappingSpace.build(
-        cfg.distill.student.layers, int(tcfg.num_hidden_layers), cfg.search.mapping.constraints
-    )
+    mapping_space(cfg, tcfg)
     splits(cfg, "proxy.tasks", cfg.proxy.tasks)
     caches: list[Cache] = []
     if cfg.search.mapping.mode == "task-agnostic":
@@ -305,9 +317,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     ]
     caches += task_caches(cfg, cfg.final.tasks, cfg.distill.train_limit, spec)
     if "searched" in cfg.final.students:
-        MappingSpace.build(
-            cfg.distill.student.layers, int(tcfg.num_hidden_layers), cfg.search.mapping.constraints
-        )
+        mapping_space(cfg, tcfg)
         splits(cfg, "proxy.tasks", cfg.proxy.tasks)
         if not run.mapping.finished:
             caches.append(

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
+from math import comb, perm
 
 from deap import tools
 
@@ -170,8 +171,20 @@ class MappingSpace:
         return [list(g) for g in product(genes, repeat=self.student_layers) if self.valid(g)]
 
     def size(self) -> int:
-        """How many valid genomes there are."""
-        return len(self.all())
+        """How many valid genomes there are: counted in closed form (choose which student layers are
+        supervised, then their teacher layers), so a deep teacher's space is never enumerated."""
+        m, n = self.student_layers, self.teacher_layers
+        names = {c.name for c in self.constraints}
+        if not names <= set(CONSTRAINTS):  # a constraint this count does not know: enumerate
+            return len(self.all())
+        ways = {  # teacher layers for k supervised student layers, in order
+            frozenset(): lambda k: n**k,
+            frozenset({"monotone"}): lambda k: comb(n + k - 1, k),  # non-decreasing
+            frozenset({"no_repeats"}): lambda k: perm(n, k),
+            frozenset({"monotone", "no_repeats"}): lambda k: comb(n, k),  # increasing
+        }[frozenset(names - {"supervised"})]
+        supervised = range(m, m + 1) if "supervised" in names else range(m + 1)
+        return sum(comb(m, k) * ways(k) for k in supervised)
 
     def smallest(self) -> Genome:
         """Every mapping of the space trains the same student: the first valid genome."""

@@ -59,19 +59,19 @@ def distilled(title: str, tasks: dict[str, dict[str, Any]], baseline: bool) -> T
 
 
 def mapping_search(results: dict[str, Any]) -> Table:
-    table = Table(title=f"layer-mapping search ({results['mode']}), proxy fitness")
+    table = Table(
+        title=f"layer-mapping search ({results['mode']}, {results['proxy_mode']} proxy; "
+        f"{results['space']['size']} valid mappings), proxy fitness"
+    )
     for col in ("strategy", "mapping", "fitness", "evaluations"):
         table.add_column(col)
-    ga = results["ga"]
-    if ga["best"]:
-        table.add_row("GA best", ga["best"]["mapping"], fmt(ga["best"]["fitness"]), str(ga["evaluations"]))
+    for name, label in (("exhaustive", "exhaustive best"), ("ga", "GA best"), ("random", "random best")):
+        found = results.get(name)
+        if found and found["best"]:
+            best = found["best"]
+            table.add_row(label, best["mapping"], fmt(best["fitness"]), str(found["evaluations"]))
     for name, value in results["baselines"].items():
         table.add_row(name, "", fmt(value, "failed"), "1")
-    rnd = results.get("random")
-    if rnd and rnd["best"]:
-        table.add_row(
-            "random best", rnd["best"]["mapping"], fmt(rnd["best"]["fitness"]), str(rnd["evaluations"])
-        )
     return table
 
 

@@ -58,7 +58,7 @@ def chosen_students(
         if kind == "supernet":
             continue  # added after the mapping students, below
         if kind == "searched":
-            best = (mapping_results or {}).get("ga", {}).get("best")
+            best = (mapping_results or {}).get("best")
             if not best:
                 raise UserError("final.students: 'searched' needs a finished mapping search")
             wanted.append((kind, LayerMapping.from_string(best["mapping"], n)))

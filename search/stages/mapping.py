@@ -22,7 +22,7 @@ from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
 from distilnas.results.report import SearchTrial, write_search_report
 from distilnas.search.config import RayConfig, RunConfig
 from distilnas.search.rundir import RunFolder
-from distilnas.search.strategies import FixedSearch, GeneticSearch, RandomSearch, Strategy, key
+from distilnas.search.strategies import FixedSearch, GeneticSearch, RandomSearch, Strategy, exhaustive, key
 from distilnas.search.tune import Recorder, StrategySearcher, init_ray, run_trials
 from distilnas.spaces.base import Genome
 from distilnas.spaces.mapping import LayerMapping
@@ -61,7 +61,8 @@ def search_with(
 
 
 def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Baselines (uniform, last), the GA, and random search at the GA's budget; returns the results."""
+    """Baselines (uniform, last) and every valid mapping when the space fits the budget; else the GA and
+    random search at its budget. Returns the results."""
     run = RunFolder.of(cfg)
     stage = run.mapping
     stage.check(cfg, resume)
@@ -92,6 +93,67 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
 
     baselines = {"uniform": LayerMapping.uniform(m, n), "last": LayerMapping.last(m, n)}
     base = FixedSearch(space, [space.encode(b) for b in baselines.values()])
+    size = space.size()
+    if scfg.exhaustive(size):
+        log.info(
+            "%d valid mappings, within the budget of %d evaluations: each evaluated once", size, scfg.budget
+        )
+        every = exhaustive(space, scfg.budget)
+        searcher = search_with(
+            {"baseline": base, "exhaustive": every},
+            recorder,
+            fitness,
+            stage.path,
+            stage / "search_state.json",
+            cfg.ray,
+        )
+        ranked = every.memo.ranked()
+        strategies: dict[str, Any] = {
+            "exhaustive": {
+                "best": _named(space, ranked[0] if ranked else None),
+                "ranked": [_named(space, x) for x in ranked],
+                "evaluations": len(every.memo),
+            }
+        }
+    else:
+        searcher, strategies = _genetic(cfg, space, base, recorder, fitness, stage.path)
+    mode = "exhaustive" if "exhaustive" in strategies else "ga"
+    results: dict[str, Any] = {
+        "space": {
+            "student_layers": m,
+            "teacher_layers": n,
+            "constraints": scfg.constraints,
+            "size": size,
+        },
+        "mode": mode,
+        "proxy_mode": scfg.mode,
+        "budget": scfg.budget,
+        "best": strategies[mode]["best"],  # the searched mapping (random search is a yardstick)
+        "baselines": {name: base.memo.get(key(space.encode(b))) for name, b in baselines.items()},
+        **strategies,
+        "trials": len(searcher.known),
+        "trial_seconds": searcher.seconds,
+        "ray": searcher.overhead(),
+    }
+    stage.write_results(results)
+    trials = [
+        SearchTrial(t.user_attrs["mapping"], float(t.value or 0.0), t.user_attrs.get("source"))
+        for t in recorder.complete()
+    ]
+    write_search_report(stage / "report.html", results, trials)
+    return results
+
+
+def _genetic(
+    cfg: RunConfig,
+    space: MappingSpace,
+    base: FixedSearch,
+    recorder: Recorder,
+    fitness: MappingFitness,
+    folder: Path,
+) -> tuple[StrategySearcher, dict[str, Any]]:
+    """The GA (and random search at its budget) beside the baselines; what each found."""
+    scfg = cfg.search.mapping
     ga = GeneticSearch(
         space,
         scfg.population,
@@ -108,40 +170,19 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     rnd = RandomSearch(space, ga, cfg.seed + 1)
     if scfg.random_baseline:
         lanes["random"] = rnd
-    searcher = search_with(lanes, recorder, fitness, stage.path, stage / "search_state.json", cfg.ray)
-
-    results: dict[str, Any] = {
-        "space": {
-            "student_layers": m,
-            "teacher_layers": n,
-            "constraints": scfg.constraints,
-            "size": space.size(),
-        },
-        "mode": scfg.mode,
-        "baselines": {name: base.memo.get(key(space.encode(b))) for name, b in baselines.items()},
+    searcher = search_with(lanes, recorder, fitness, folder, folder / "search_state.json", cfg.ray)
+    found: dict[str, Any] = {
         "ga": {
             "best": _named(space, ga.best()),
             "hall_of_fame": [_named(space, x) for x in ga.hall_of_fame()[: max(scfg.hall_of_fame, 5)]],
             "logbook": ga.logbook,
             "evaluations": len(ga.memo),
-        },
-        "trials": len(searcher.known),
-        "trial_seconds": searcher.seconds,
-        "ray": searcher.overhead(),
+        }
     }
     if scfg.random_baseline:
         ranked = rnd.ranked()
-        results["random"] = {
-            "best": _named(space, ranked[0]) if ranked else None,
-            "evaluations": len(rnd.memo),
-        }
-    stage.write_results(results)
-    trials = [
-        SearchTrial(t.user_attrs["mapping"], float(t.value or 0.0), t.user_attrs.get("source"))
-        for t in recorder.complete()
-    ]
-    write_search_report(stage / "report.html", results, trials)
-    return results
+        found["random"] = {"best": _named(space, ranked[0]) if ranked else None, "evaluations": len(rnd.memo)}
+    return searcher, found
 
 
 def _named(space: MappingSpace, item: tuple[Genome, float] | None) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from distilnas.search.strategies.base import FAILED, Memo, Strategy, genome_of, key
-from distilnas.search.strategies.fixed import FixedSearch
+from distilnas.search.strategies.fixed import FixedSearch, exhaustive
 from distilnas.search.strategies.ga import GeneticSearch
 from distilnas.search.strategies.middleware import Constrained, Deduplicated, Evaluations, Retried, wrap
 from distilnas.search.strategies.random import RandomSearch, random_genomes
@@ -20,6 +20,7 @@ STRATEGIES: dict[str, Callable[[SearchSpace, int, int], Strategy]] = {
     "ga": GeneticSearch.build,  # type: ignore[dict-item]
     "random": RandomSearch.build,
     "fixed": FixedSearch.build,
+    "exhaustive": exhaustive,
 }
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RandomSearch",
     "Retried",
     "Strategy",
+    "exhaustive",
     "genome_of",
     "key",
     "random_genomes",

@@ -1,4 +1,7 @@
-"""A fixed list of candidates as one generation (the hand-made baselines: uniform and last-layers)."""
+"""A fixed list of candidates as one generation: the hand-made baselines (uniform and last-layers), or
+every candidate of a small space (exhaustive search: where the space after its constraints is no larger
+than the evaluation budget, a GA only re-discovers what enumeration gives for the same cost, with
+certainty)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from distilnas.distill.errors import UserError
 from distilnas.search.strategies.base import Memo, key
 from distilnas.spaces.base import Genome, SearchSpace
 
@@ -53,3 +57,17 @@ class FixedSearch:
         self.genomes = [list(map(int, g)) for g in state["genomes"]]
         self.memo = Memo.from_json(state["memo"])
         self.generation = int(state["generation"])
+
+
+def exhaustive(space: SearchSpace, budget: int, seed: int = 0) -> FixedSearch:
+    """Every valid candidate of ``space`` once, in the space's order, when they fit in ``budget``
+    evaluations (the seed changes nothing)."""
+    enumerate_all = getattr(space, "all", None)
+    if enumerate_all is None:
+        raise UserError(f"exhaustive search: a {type(space).__name__} cannot be enumerated")
+    size = space.size()
+    if size > budget:
+        raise UserError(
+            f"exhaustive search: the space has {size} candidates, more than its budget ({budget})"
+        )
+    return FixedSearch(space, enumerate_all())

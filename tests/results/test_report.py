@@ -11,6 +11,8 @@ from distilnas.results.report import SearchTrial, write_run_report, write_search
 from distilnas.results.table import results_table
 
 SEARCH = {
+    "mode": "ga",
+    "best": {"mapping": "3,4/4", "fitness": 63.0},
     "space": {"student_layers": 2},
     "baselines": {"uniform": 61.0, "last": None},
     "ga": {
@@ -42,3 +44,18 @@ def test_search_report_shows_every_mapping_tried(tmp_path: Path) -> None:
     shown = html.replace("\\u002f", "/")  # plotly escapes the slash in its JSON
     assert "3,4/4 (63.00, ga)" in shown and "1,-/4 (58.00, random)" in shown
     assert "GA convergence" in html
+
+
+def test_exhaustive_search_report_ranks_every_mapping(tmp_path: Path) -> None:
+    ranked = [{"mapping": "3,4/4", "fitness": 63.0}, {"mapping": "2,4/4", "fitness": 60.0}]
+    search = {
+        "mode": "exhaustive",
+        "best": ranked[0],
+        "space": {"student_layers": 2},
+        "baselines": {"uniform": 60.0, "last": 63.0},
+        "exhaustive": {"best": ranked[0], "ranked": ranked, "evaluations": 2},
+    }
+    trials = [SearchTrial(r["mapping"], r["fitness"], "exhaustive") for r in ranked]
+    html = write_search_report(tmp_path / "s.html", search, trials).read_text()
+    assert "every valid mapping" in html and "GA convergence" not in html
+    assert "2,4/4 (60.00, exhaustive)" in html.replace("\\u002f", "/")

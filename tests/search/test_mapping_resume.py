@@ -1,5 +1,6 @@
 """A search driver killed with SIGKILL mid-generation resumes: no finished trial runs again, and it ends
-with the same best mapping and hall of fame as an uninterrupted run with the same seed."""
+with the same best mapping and hall of fame as an uninterrupted run with the same seed; an exhaustive
+search ends with every mapping evaluated exactly once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from distilnas.results.storage import open_storage
 from distilnas.search.strategies import GeneticSearch
@@ -22,7 +24,7 @@ DRIVER = """
 import json, sys, time
 from pathlib import Path
 from distilnas.results.storage import open_storage
-from distilnas.search.strategies import GeneticSearch
+from distilnas.search.strategies import GeneticSearch, exhaustive
 from distilnas.search.stages.mapping import search_with
 from distilnas.search.tune import Recorder, init_ray
 from distilnas.spaces.mapping import LayerMapping
@@ -35,11 +37,14 @@ def fitness(mapping):
 
 run_dir = Path(sys.argv[1])
 space = MappingSpace.build(3, 8, ["monotone", "no_repeats", "supervised"])
-ga = GeneticSearch(space, population=6, generations=4, mutation=0.5, seed=0)
+if sys.argv[2] == "ga":
+    ga = GeneticSearch(space, population=6, generations=4, mutation=0.5, seed=0)
+else:
+    ga = exhaustive(space, budget=56)
 recorder = Recorder(open_storage(None, run_dir), "mapping")
 init_ray(None, num_cpus=2)
-search_with({"ga": ga}, recorder, fitness, run_dir, run_dir / "ga_state.json")
-(run_dir / "out.json").write_text(json.dumps({"best": ga.best(), "hof": ga.hall_of_fame()[:3]}))
+search_with({sys.argv[2]: ga}, recorder, fitness, run_dir, run_dir / "state.json")
+(run_dir / "out.json").write_text(json.dumps({"best": ga.memo.ranked()[0], "hof": ga.memo.ranked()[:3]}))
 """
 
 
@@ -63,13 +68,14 @@ def finished(run_dir: Path) -> list[str]:
     return [t.user_attrs["mapping"] for t in study.get_trials(deepcopy=False)]
 
 
-def test_killed_driver_resumes_without_rerunning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["ga", "exhaustive"])
+def test_killed_driver_resumes_without_rerunning(tmp_path: Path, strategy: str) -> None:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     run_dir = tmp_path / "run"
     env = dict(os.environ, RAY_ADDRESS="")  # the driver starts its own Ray
     proc = subprocess.Popen(
-        [sys.executable, str(driver), str(run_dir)],
+        [sys.executable, str(driver), str(run_dir), strategy],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -82,17 +88,21 @@ def test_killed_driver_resumes_without_rerunning(tmp_path: Path) -> None:
     proc.wait()
     before = finished(run_dir)
     assert 9 <= len(before) < 20, before
-    assert (run_dir / "ga_state.json").is_file()
 
     resumed = subprocess.run(
-        [sys.executable, str(driver), str(run_dir)], env=env, timeout=600, capture_output=True
+        [sys.executable, str(driver), str(run_dir), strategy], env=env, timeout=600, capture_output=True
     )
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     after = finished(run_dir)
     assert after[: len(before)] == before
     assert len(after) == len(set(after))  # no mapping was evaluated twice
-    ref = uninterrupted()
     out = json.loads((run_dir / "out.json").read_text())
+    if strategy == "exhaustive":
+        space = MappingSpace.build(3, 8, ["monotone", "no_repeats", "supervised"])
+        assert sorted(after) == sorted(space.describe(g) for g in space.all())  # every one, once
+        assert out["best"] == [[2, 5, 8], 0.0]
+        return
+    ref = uninterrupted()
     assert out["best"] == [ref.best()[0], ref.best()[1]]  # type: ignore[index]
     assert out["hof"] == [[g, f] for g, f in ref.hall_of_fame()[:3]]
     assert sorted(after) == sorted(str(LayerMapping(tuple(map(int, k.split(","))), 8)) for k in ref.memo)

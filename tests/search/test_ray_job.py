@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_search_cli import config
+from test_search_cli import MAPPING, config
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_search_mapping_as_a_ray_job(glue_dir: Path, corpus_dir: Path, tmp_path:
     from helpers import save_tiny_bert
 
     teacher = save_tiny_bert(tmp_path / "teacher", layers=4)
-    cfg = config(tmp_path, teacher, glue_dir, corpus_dir)
+    cfg = config(tmp_path, teacher, glue_dir, corpus_dir, mapping=f"{MAPPING}, strategy: ga")
     port, dash = free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="rayjob", dir="/tmp"))  # short: Ray's socket paths have a limit
     # Ray >= 2.59 starts clusters with token auth; the job CLI sends ~/.ray/auth_token only in token mode

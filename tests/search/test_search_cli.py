@@ -21,7 +21,12 @@ def teacher4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("teacher4"), layers=4)
 
 
-def config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path, extra: str = "") -> Path:
+MAPPING = "population: 3, generations: 2, tournament: 2, hall_of_fame: 1"
+
+
+def config(
+    tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path, extra: str = "", mapping: str = MAPPING
+) -> Path:
     cfg = tmp_path / "search.yaml"
     cfg.write_text(
         f"""
@@ -40,7 +45,7 @@ distill:
   general: {{losses: {{embedding_mse: 1, hidden_mse: 1}}, batch_size: 16}}
   baseline: {{batch_size: 16}}
 search:
-  mapping: {{population: 3, generations: 2, tournament: 2, hall_of_fame: 1}}
+  mapping: {{{mapping}}}
 ray: {{cpus_per_trial: 1}}
 output_dir: {tmp_path / "run"}
 {extra}
@@ -52,6 +57,7 @@ output_dir: {tmp_path / "run"}
 def test_search_mapping_end_to_end(
     teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, cli: Cli
 ) -> None:
+    """6 valid mappings, a budget of 12 evaluations: every mapping is evaluated once, and only once."""
     cfg = config(tmp_path, teacher4, glue_dir, corpus_dir)
     proc = run("search", "mapping", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -62,32 +68,37 @@ def test_search_mapping_end_to_end(
         "constraints": ["monotone", "no_repeats", "supervised"],
         "size": 6,
     }
+    assert results["mode"] == "exhaustive" and results["budget"] == 12 and "ga" not in results
+    ranked = results["exhaustive"]["ranked"]
+    assert sorted(r["mapping"] for r in ranked) == ["1,2/4", "1,3/4", "1,4/4", "2,3/4", "2,4/4", "3,4/4"]
+    assert results["best"] == ranked[0] and ranked[0]["fitness"] == max(r["fitness"] for r in ranked)
     assert set(results["baselines"]) == {"uniform", "last"}
-    assert all(isinstance(v, float) for v in results["baselines"].values())
-    assert results["ga"]["best"]["fitness"] == max(f["fitness"] for f in results["ga"]["hall_of_fame"])
-    assert len(results["ga"]["logbook"]) == 2
-    assert results["random"]["evaluations"] == results["ga"]["evaluations"]
+    proxy = {r["mapping"]: r["fitness"] for r in ranked}
+    assert results["baselines"] == {"uniform": proxy["2,4/4"], "last": proxy["3,4/4"]}  # shared, not re-run
+    storage = open_storage(None, tmp_path / "run")
+    study = optuna.load_study(study_name="distilnas-mapping", storage=storage)
+    assert sorted(t.user_attrs["mapping"] for t in study.trials) == sorted(proxy)  # each once
     stage = tmp_path / "run" / "search-mapping"
     for name in ("results.json", "report.html", "search_state.json", "proxy.json"):
         assert (stage / name).is_file(), name
     assert (tmp_path / "run" / "optuna.journal").is_file()  # the run's storage, shared by its stages
-    assert "plotly" in (stage / "report.html").read_text()[:20000].lower()
+    assert "every valid mapping" in (stage / "report.html").read_text()
     # a second run in the same folder without --resume is refused; with --resume nothing is evaluated again
     again = cli("search", "mapping", cfg)  # refused before any work: in this process
     assert again.returncode == 2 and "pass --resume" in again.stderr
     resumed = run("search", "mapping", str(cfg), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert json.loads(resumed.stdout)["ga"] == results["ga"]
+    assert json.loads(resumed.stdout)["exhaustive"] == results["exhaustive"]
+    assert len(optuna.load_study(study_name="distilnas-mapping", storage=storage).trials) == 6
 
     # fidelity: the 2 best mappings and 2 drawn from the rest, re-scored in the full setting
     proc = run("fidelity", str(tmp_path / "run"), "--top", "2", "--random", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
     fid = json.loads(proc.stdout)
     cands = fid["candidates"]
-    proxy = {t["mapping"]: t["fitness"] for t in results["ga"]["hall_of_fame"]}
     assert len(cands) == 4 and [c["chosen"] for c in cands] == ["top", "top", "random", "random"]
-    assert cands[0]["proxy"] == results["ga"]["best"]["fitness"] >= cands[1]["proxy"]
-    assert all(c["proxy"] == proxy[c["mapping"]] for c in cands if c["mapping"] in proxy)
+    assert cands[0]["proxy"] == results["best"]["fitness"] >= cands[1]["proxy"]
+    assert all(c["proxy"] == proxy[c["mapping"]] for c in cands)
     assert all(isinstance(c["full"], float) and set(c["scores"]) == {"rte"} for c in cands)
     tau = stats.kendalltau([c["proxy"] for c in cands], [c["full"] for c in cands]).statistic
     assert fid["kendall_tau"] == (None if math.isnan(tau) else pytest.approx(tau))  # tied: undefined
@@ -112,6 +123,25 @@ def test_search_mapping_end_to_end(
     assert mismatch.returncode == 2 and "not this run's config (differs in seed)" in mismatch.stderr
     nowhere = cli("fidelity", tmp_path / "nothing")
     assert nowhere.returncode == 2 and "not a mapping-search run folder" in nowhere.stderr
+
+
+def test_search_mapping_runs_the_ga_where_the_space_exceeds_the_budget(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """6 mappings, a budget of 2 x 2 evaluations (no random search): the GA, and it resumes exactly."""
+    small = "population: 2, generations: 2, tournament: 2, hall_of_fame: 1, random_baseline: false"
+    cfg = config(tmp_path, teacher4, glue_dir, corpus_dir, mapping=small)
+    proc = run("search", "mapping", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    assert results["mode"] == "ga" and results["budget"] == 4 and "random" not in results
+    assert results["best"] == results["ga"]["best"]
+    assert results["ga"]["best"]["fitness"] == max(f["fitness"] for f in results["ga"]["hall_of_fame"])
+    assert len(results["ga"]["logbook"]) == 2
+    assert "GA convergence" in (tmp_path / "run" / "search-mapping" / "report.html").read_text()
+    resumed = run("search", "mapping", str(cfg), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads(resumed.stdout)["ga"] == results["ga"]
 
 
 @pytest.mark.parametrize(

@@ -193,16 +193,16 @@ def drive_alone(strategy, stop_after: int | None = None) -> list[str]:  # type: 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_asks_valid_new_candidates_is_seeded_and_resumes(name: str) -> None:
-    space = MappingSpace.build(3, 8, ALL)
-    asked = drive_alone(STRATEGIES[name](space, 12, 7))
+    space = MappingSpace.build(3, 6, ALL)  # 20 mappings: within the budget, so exhaustive search may run
+    asked = drive_alone(STRATEGIES[name](space, 20, 7))
     assert asked and len(asked) == len(set(asked))  # never the same candidate twice
     assert all(space.valid(genome_of(k)) for k in asked)
-    assert len(asked) <= 12 + 8  # about its budget (a GA generation may not divide it)
-    again = STRATEGIES[name](space, 12, 7)
+    assert len(asked) <= 20 + 8  # about its budget (a GA generation may not divide it)
+    again = STRATEGIES[name](space, 20, 7)
     assert drive_alone(again) == asked  # the same seed, the same candidates
-    half = STRATEGIES[name](space, 12, 7)
+    half = STRATEGIES[name](space, 20, 7)
     first = drive_alone(half, stop_after=1)
-    resumed = STRATEGIES[name](space, 12, 99)
+    resumed = STRATEGIES[name](space, 20, 99)
     resumed.load_state_dict(json.loads(json.dumps(half.state_dict())))
     assert first + drive_alone(resumed) == asked
     assert resumed.memo.ranked() == again.memo.ranked()

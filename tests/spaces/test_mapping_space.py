@@ -4,11 +4,12 @@ and errors for spaces that cannot exist."""
 from __future__ import annotations
 
 import random
+from itertools import combinations
 
 import pytest
 
 from distilnas.distill.errors import UserError
-from distilnas.spaces.mapping_space import MappingSpace, Variation, mut_reset, mut_shift
+from distilnas.spaces.mapping_space import CONSTRAINTS, MappingSpace, Variation, mut_reset, mut_shift
 
 ALL = ["monotone", "no_repeats", "supervised"]
 
@@ -33,3 +34,15 @@ def test_space_counts_and_errors() -> None:
         MappingSpace.build(4, 3, ALL)
     with pytest.raises(UserError, match="unknown mapping constraints"):
         MappingSpace.build(2, 3, ["sorted"])
+
+
+@pytest.mark.parametrize("names", [list(c) for r in range(4) for c in combinations(sorted(CONSTRAINTS), r)])
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (2, 6), (3, 6), (4, 4), (3, 7)])
+def test_size_in_closed_form_is_the_enumerated_count(names: list[str], m: int, n: int) -> None:
+    space = MappingSpace.build(m, n, names)
+    assert space.size() == len(space.all())
+
+
+def test_size_of_a_deep_teacher_is_counted_not_enumerated() -> None:
+    assert MappingSpace.build(6, 24, sorted(CONSTRAINTS)).size() == 134_596  # C(24, 6)
+    assert MappingSpace.build(6, 24, []).size() == 25**6
