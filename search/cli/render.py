@@ -72,6 +72,14 @@ def mapping_search(results: dict[str, Any]) -> Table:
             table.add_row(label, best["mapping"], fmt(best["fitness"]), str(found["evaluations"]))
     for name, value in results["baselines"].items():
         table.add_row(name, "", fmt(value, "failed"), "1")
+    signal = results.get("signal")
+    if signal:
+        table.caption = (
+            f"{len(signal['uninformative'])} of {signal['evaluations']} evaluations at chance level "
+            f"({100 * signal['fraction']:.0f}%; chance: "
+            + ", ".join(f"{t} ≤ {c['threshold']:.2f}" for t, c in signal["chance"].items())
+            + ")"
+        )
     return table
 
 

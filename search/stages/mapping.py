@@ -18,6 +18,7 @@ from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
+from distilnas.proxies.chance import task_chance, uninformative
 from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
 from distilnas.results.report import SearchTrial, write_search_report
 from distilnas.search.config import RayConfig, RunConfig
@@ -29,6 +30,9 @@ from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
 
 log = logging.getLogger(__name__)
+
+UNINFORMATIVE_WARNING = 0.25
+"""A search with more than this fraction of evaluations at chance level warns."""
 
 
 def mapping_space(cfg: RunConfig) -> MappingSpace:
@@ -135,6 +139,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
         "trial_seconds": searcher.seconds,
         "ray": searcher.overhead(),
     }
+    results["signal"] = signal(cfg, recorder)
     stage.write_results(results)
     trials = [
         SearchTrial(t.user_attrs["mapping"], float(t.value or 0.0), t.user_attrs.get("source"))
@@ -142,6 +147,33 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     ]
     write_search_report(stage / "report.html", results, trials)
     return results
+
+
+def signal(cfg: RunConfig, recorder: Recorder) -> dict[str, Any]:
+    """How many of the search's evaluations are uninformative (every task at its chance level); a
+    warning when over a quarter are."""
+    chance = {t: task_chance(t, cfg.data.glue_dir) for t in cfg.proxy.tasks}
+    scores = {
+        t.user_attrs["mapping"]: {
+            k.removeprefix("score_"): v for k, v in t.user_attrs.items() if k.startswith("score_")
+        }
+        for t in recorder.complete()
+    }
+    found = uninformative(scores, chance)
+    if found["fraction"] > UNINFORMATIVE_WARNING:
+        p = cfg.proxy
+        log.warning(
+            "%d of %d proxy evaluations are at chance level (%s): the proxy cannot rank them; a larger budget"
+            " should fix it (proxy.general_steps %d -> %d, proxy.task_steps %d -> %d)",
+            len(found["uninformative"]),
+            found["evaluations"],
+            ", ".join(f"{t} {c.threshold:.2f}" for t, c in chance.items()),
+            p.general_steps,
+            2 * p.general_steps,
+            p.task_steps,
+            2 * p.task_steps,
+        )
+    return found
 
 
 def _genetic(

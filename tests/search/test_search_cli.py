@@ -72,6 +72,11 @@ def test_search_mapping_end_to_end(
     ranked = results["exhaustive"]["ranked"]
     assert sorted(r["mapping"] for r in ranked) == ["1,2/4", "1,3/4", "1,4/4", "2,3/4", "2,4/4", "3,4/4"]
     assert results["best"] == ranked[0] and ranked[0]["fitness"] == max(r["fitness"] for r in ranked)
+    signal = results["signal"]  # a tiny random teacher, 2 steps: its students are mostly at chance
+    assert signal["evaluations"] == 6 and set(signal["chance"]) == {"rte"}
+    at_chance = [r["mapping"] for r in ranked if r["fitness"] <= signal["chance"]["rte"]["threshold"]]
+    assert signal["uninformative"] == sorted(at_chance)
+    assert ("at chance level" in proc.stderr) == (signal["fraction"] > 0.25)
     assert set(results["baselines"]) == {"uniform", "last"}
     proxy = {r["mapping"]: r["fitness"] for r in ranked}
     assert results["baselines"] == {"uniform": proxy["2,4/4"], "last": proxy["3,4/4"]}  # shared, not re-run
