@@ -65,6 +65,17 @@ class BertShape:
     def size_name(self) -> str:
         return f"{self.layers}L-{self.hidden}"
 
+    def parameters(self, teacher: PretrainedConfig) -> int:
+        """Exact parameters of this shape's ``BertModel`` (embeddings, encoder, pooler) with the teacher's
+        vocabulary, positions and token types; a task head adds its own."""
+        h, f = self.hidden, self.intermediate
+        embeddings = (
+            teacher.vocab_size + teacher.max_position_embeddings + teacher.type_vocab_size
+        ) * h + 2 * h
+        attention = 4 * (h * h + h) + 2 * h  # query, key, value, output; LayerNorm
+        feed_forward = 2 * h * f + f + h + 2 * h  # up, down; LayerNorm
+        return embeddings + self.layers * (attention + feed_forward) + h * h + h  # + the pooler
+
 
 def bert_config(spec: BertShape, teacher: PretrainedConfig, num_labels: int | None = None) -> BertConfig:
     """A BertConfig for ``spec`` sharing the teacher's vocabulary, positions and activation."""

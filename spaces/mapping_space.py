@@ -165,6 +165,15 @@ class MappingSpace:
         op = mut_reset if rng.random() < 0.5 else mut_shift
         return op(list(genome), self.teacher_layers, indpb, rng)
 
+    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> tuple[Genome, Genome]:
+        """One-point crossover (DEAP's ``cxOnePoint``, drawn from ``rng``), each child repaired."""
+        if len(a) < 2:
+            return list(a), list(b)
+        cut = rng.randint(1, len(a) - 1)
+        x, y = [*a[:cut], *b[cut:]], [*b[:cut], *a[cut:]]
+        variation = Variation(self)
+        return variation.variant(x, rng, mutate=False), variation.variant(y, rng, mutate=False)
+
     def all(self) -> list[Genome]:
         """Every valid genome, in lexicographic order (by enumeration; the space is small)."""
         genes = range(self.teacher_layers + 1)

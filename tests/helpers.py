@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import BertConfig
+
+from distilnas.spaces.joint_space import JointSpace
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 GLUE = SHARED / "glue"
@@ -131,3 +135,21 @@ SOURCES_ROWS = {
     "qnli": {"validation": 5463, "test": 5463},
     "ax": {"test": 1104},
 }
+
+
+JOINT_TEACHER = BertConfig(
+    vocab_size=100, hidden_size=64, num_hidden_layers=6, num_attention_heads=4, intermediate_size=256
+)
+
+
+def joint_space(constraints: list[str] | None = None, **choices: list) -> JointSpace:
+    """A joint space over a 6-layer, 64-wide teacher config (no weights)."""
+    given = {
+        "layers": [1, 2, 3, 4],
+        "hidden": [16, 32, 48, 64],
+        "heads": [2, 3, 4],
+        "intermediate": [64, 256],
+        "init": ["random", "copy", "extract"],
+    } | choices
+    names = ["monotone", "no_repeats", "supervised"] if constraints is None else constraints
+    return JointSpace(**given, teacher=JOINT_TEACHER, constraints=names)

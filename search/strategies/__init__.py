@@ -13,6 +13,7 @@ from distilnas.search.strategies.base import FAILED, Memo, Strategy, genome_of, 
 from distilnas.search.strategies.fixed import FixedSearch, exhaustive
 from distilnas.search.strategies.ga import GeneticSearch
 from distilnas.search.strategies.middleware import Constrained, Deduplicated, Evaluations, Retried, wrap
+from distilnas.search.strategies.nsga2 import NSGA2Search
 from distilnas.search.strategies.random import RandomSearch, random_genomes
 from distilnas.spaces.base import SearchSpace
 
@@ -21,6 +22,7 @@ STRATEGIES: dict[str, Callable[[SearchSpace, int, int], Strategy]] = {
     "random": RandomSearch.build,
     "fixed": FixedSearch.build,
     "exhaustive": exhaustive,
+    "nsga2": NSGA2Search.build,
 }
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "FixedSearch",
     "GeneticSearch",
     "Memo",
+    "NSGA2Search",
     "RandomSearch",
     "Retried",
     "Strategy",

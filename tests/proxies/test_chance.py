@@ -39,7 +39,11 @@ def test_chance_on_the_dev_set(glue_dir: Path) -> None:
 def test_an_evaluation_is_uninformative_when_every_task_is_at_chance() -> None:
     chance = {"sst2": ChanceLevel(50.0, 1.0), "rte": ChanceLevel(52.0, 3.0)}  # thresholds 52 and 58
     found = uninformative(
-        {"a": {"sst2": 51.0, "rte": 55.0}, "b": {"sst2": 70.0, "rte": 53.0}, "c": {"sst2": 60.0, "rte": 60.0}},
+        {
+            "a": {"sst2": 51.0, "rte": 55.0},
+            "b": {"sst2": 70.0, "rte": 53.0},
+            "c": {"sst2": 60.0, "rte": 60.0},
+        },
         chance,
     )
     assert found["uninformative"] == ["a"] and found["fraction"] == pytest.approx(1 / 3)

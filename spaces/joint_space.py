@@ -1,0 +1,271 @@
+"""The joint space of a student's shape and its layer mapping, as one genome.
+
+A genome is ``[depth, hidden, heads, ffn, init, t_1, ..., t_D]``: five indices into the shape choices,
+then the teacher layer of each student layer (as in :class:`~distilnas.spaces.mapping_space.MappingSpace`),
+``D`` the deepest choice; genes past the genome's own depth are 0, so each candidate has one genome.
+
+Variation keeps every genome valid by repair, never by rejection: heads that do not divide the width
+become the nearest choice that does; a ``copy`` start at another width than the teacher's becomes
+``extract``; when the depth changes, the mapping is resized (each new student layer takes the teacher
+layer of the old layer at the same relative depth) and repaired under the mapping constraints.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import product
+
+from transformers import PretrainedConfig
+
+from distilnas.distill.bert import BertShape
+from distilnas.distill.errors import UserError
+from distilnas.spaces.base import Genome, ParamChoices
+from distilnas.spaces.mapping import LayerMapping
+from distilnas.spaces.mapping_space import MappingSpace
+
+SHAPE_GENES = ("layers", "hidden", "heads", "intermediate", "init")
+
+
+@dataclass(frozen=True)
+class JointCandidate:
+    """A student's shape, its start and its layer mapping."""
+
+    shape: BertShape
+    init: str
+    mapping: LayerMapping
+
+    def __str__(self) -> str:
+        s = self.shape
+        return f"{s.layers}L-{s.hidden}-{s.heads}h-{s.intermediate}f-{self.init}:{self.mapping}"
+
+
+@dataclass
+class JointSpace:
+    """Students of the given depths, widths, heads, FFN sizes and starts, each with a layer mapping onto
+    ``teacher_layers`` under ``constraints`` (the mapping search's names)."""
+
+    layers: list[int]
+    hidden: list[int]
+    heads: list[int]
+    intermediate: list[int]
+    init: list[str]
+    teacher: PretrainedConfig
+    constraints: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.teacher_layers = int(self.teacher.num_hidden_layers)
+        self.teacher_hidden = int(self.teacher.hidden_size)
+        self.teacher_intermediate = int(self.teacher.intermediate_size)
+        for name in SHAPE_GENES:
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise UserError(f"search.joint.{name}: give one or more distinct values")
+        if max(self.hidden) > self.teacher_hidden:
+            raise UserError(
+                f"search.joint.hidden: {max(self.hidden)} is wider than the teacher ({self.teacher_hidden})"
+            )
+        if not any(h % k == 0 for h in self.hidden for k in self.heads):
+            raise UserError("search.joint.heads: none divides any of search.joint.hidden")
+        unknown = set(self.init) - {"random", "copy", "extract"}
+        if unknown:
+            raise UserError(
+                f"search.joint.init: unknown starts {sorted(unknown)}; known: random, copy, extract"
+            )
+        if self.init == ["copy"] and not any(
+            self._copyable(h, f) for h in self.hidden for f in self.intermediate
+        ):
+            raise UserError(
+                "search.joint.init: copy needs the teacher's hidden and FFN sizes among the choices"
+            )
+        self.mappings = {d: MappingSpace.build(d, self.teacher_layers, self.constraints) for d in self.layers}
+        self.depth = max(self.layers)
+
+    # ------------------------------------------------------------------ encode / decode
+
+    def _shape(self, genome: Sequence[int]) -> tuple[int, int, int, int, str]:
+        d, h, k, f, i = genome[:5]
+        return self.layers[d], self.hidden[h], self.heads[k], self.intermediate[f], self.init[i]
+
+    def decode(self, genome: Sequence[int]) -> JointCandidate:
+        layers, hidden, heads, ffn, init = self._shape(genome)
+        mapping = self.mappings[layers].decode(list(genome[5 : 5 + layers]))
+        return JointCandidate(BertShape(layers, hidden, heads, ffn), init, mapping)
+
+    def encode(self, candidate: JointCandidate) -> Genome:
+        s = candidate.shape
+        try:
+            head = [
+                self.layers.index(s.layers),
+                self.hidden.index(s.hidden),
+                self.heads.index(s.heads),
+                self.intermediate.index(s.intermediate),
+                self.init.index(candidate.init),
+            ]
+        except ValueError:
+            raise UserError(f"student {candidate}: not in the joint space") from None
+        genes = self.mappings[s.layers].encode(candidate.mapping)
+        return head + genes + [0] * (self.depth - s.layers)
+
+    def describe(self, genome: Sequence[int]) -> str:
+        return str(self.decode(genome))
+
+    def read(self, text: str) -> Genome:
+        """The genome of ``"3L-256-4h-1024f-extract:2,4,6/6"``."""
+        try:
+            shape, mapping_text = text.split(":", 1)
+            depth, hidden, heads, ffn, init = shape.split("-", 4)
+            layers = int(depth.removesuffix("L"))
+            shape_ = BertShape(layers, int(hidden), int(heads.removesuffix("h")), int(ffn.removesuffix("f")))
+        except ValueError:
+            raise UserError(f"student {text!r}: expected e.g. '3L-256-4h-1024f-extract:2,4,6/6'") from None
+        if layers not in self.mappings:
+            raise UserError(f"student {text!r}: depth {layers} is not in the joint space")
+        mapping = LayerMapping.from_string(mapping_text, self.teacher_layers)
+        genome = self.encode(JointCandidate(shape_, init, mapping))
+        if not self.valid(genome):
+            raise UserError(f"student {text!r}: breaks the joint space's rules")
+        return genome
+
+    def trial_params(self, genome: Sequence[int]) -> dict[str, tuple[int | str, ParamChoices]]:
+        """The shape as named choices, then ``student_layer_<m>`` for every possible student layer (0 past
+        the student's depth)."""
+        params: dict[str, tuple[int | str, ParamChoices]] = {}
+        for name, value in zip(SHAPE_GENES, self._shape(genome), strict=True):
+            params[name] = (str(value), [str(v) for v in getattr(self, name)])
+        choices = range(self.teacher_layers + 1)
+        for m, g in enumerate(genome[5:], start=1):
+            params[f"student_layer_{m}"] = (int(g), choices)
+        return params
+
+    # ------------------------------------------------------------------ rules
+
+    def valid(self, genome: Sequence[int]) -> bool:
+        if len(genome) != 5 + self.depth:
+            return False
+        sizes = (len(self.layers), len(self.hidden), len(self.heads), len(self.intermediate), len(self.init))
+        if not all(0 <= g < n for g, n in zip(genome[:5], sizes, strict=True)):
+            return False
+        layers, hidden, heads, ffn, init = self._shape(genome)
+        if hidden % heads or (init == "copy" and not self._copyable(hidden, ffn)):
+            return False
+        return self.mappings[layers].valid(list(genome[5 : 5 + layers])) and not any(genome[5 + layers :])
+
+    def _copyable(self, hidden: int, ffn: int) -> bool:
+        """``copy`` takes the teacher's layers as they are: only at the teacher's sizes."""
+        return hidden == self.teacher_hidden and ffn == self.teacher_intermediate
+
+    def repair(self, genome: Genome, rng: random.Random) -> Genome:
+        """The nearest valid genome: heads dividing the width, a start the shape allows, a mapping of the
+        genome's depth that keeps the constraints."""
+        g = list(genome)
+        hidden = self.hidden[g[1]]
+        if hidden % self.heads[g[2]]:
+            fits = [i for i, k in enumerate(self.heads) if hidden % k == 0]
+            if not fits:  # no head count divides this width: the nearest width some head count divides
+                g[1] = min(
+                    (i for i, h in enumerate(self.hidden) if any(h % k == 0 for k in self.heads)),
+                    key=lambda i: (abs(i - g[1]), i),
+                )
+                fits = [i for i, k in enumerate(self.heads) if self.hidden[g[1]] % k == 0]
+            g[2] = min(fits, key=lambda i: (abs(i - g[2]), i))
+        layers, hidden, _, ffn, init = self._shape(g)
+        if init == "copy" and not self._copyable(hidden, ffn):
+            others = [i for i, name in enumerate(self.init) if name != "copy"]
+            if others:
+                g[4] = self.init.index("extract") if "extract" in self.init else others[0]
+            else:  # only copy: the teacher's sizes
+                g[1], g[3] = (
+                    self.hidden.index(self.teacher_hidden),
+                    self.intermediate.index(self.teacher_intermediate),
+                )
+        space = self.mappings[layers]
+        mapping = space.repair(list(g[5 : 5 + layers]), rng)
+        if not space.valid(mapping):
+            mapping = space.sample(rng)
+        return g[:5] + mapping + [0] * (self.depth - layers)
+
+    def resize(self, mapping: Sequence[int], depth: int) -> Genome:
+        """A mapping for ``depth`` student layers: layer m takes the teacher layer of the old layer at the
+        same relative depth (then :meth:`repair` restores the constraints)."""
+        old = len(mapping)
+        if depth == old:
+            return list(mapping)
+        return [mapping[min(old - 1, round(m * (old - 1) / max(1, depth - 1)))] for m in range(depth)]
+
+    # ------------------------------------------------------------------ sampling and variation
+
+    def sample(self, rng: random.Random) -> Genome:
+        """A random valid genome: a shape drawn gene by gene (then repaired), a uniform mapping of its
+        depth."""
+        head = [rng.randrange(len(getattr(self, name))) for name in SHAPE_GENES]
+        layers = self.layers[head[0]]
+        return self.repair(head + self.mappings[layers].sample(rng) + [0] * (self.depth - layers), rng)
+
+    def mutate(self, genome: Genome, rng: random.Random, indpb: float = 0.3) -> Genome:
+        """Each shape gene, with probability ``indpb``, moves to a neighbouring choice; the mapping is
+        resized to the new depth and perturbed; then everything is repaired."""
+        g = list(genome)
+        old = self.layers[g[0]]
+        for i, name in enumerate(SHAPE_GENES):
+            if rng.random() < indpb:
+                g[i] = min(len(getattr(self, name)) - 1, max(0, g[i] + rng.choice((-1, 1))))
+        layers = self.layers[g[0]]
+        mapping = self.resize(g[5 : 5 + old], layers)
+        mapping = self.mappings[layers].perturb(mapping, rng, indpb)
+        return self.repair(g[:5] + mapping + [0] * (self.depth - layers), rng)
+
+    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> tuple[Genome, Genome]:
+        """Uniform crossover of the shape genes; each child keeps the mapping of the parent whose depth
+        it took (resized when needed: e.g. the same depth gene but another width), then repaired."""
+        ca, cb = list(a[:5]), list(b[:5])
+        for i in range(5):
+            if rng.random() < 0.5:
+                ca[i], cb[i] = cb[i], ca[i]
+        children = []
+        for child, (pa, pb) in ((ca, (a, b)), (cb, (b, a))):
+            parent = pa if pa[0] == child[0] else pb
+            layers = self.layers[child[0]]
+            mapping = self.resize(parent[5 : 5 + self.layers[parent[0]]], layers)
+            children.append(self.repair(child + mapping + [0] * (self.depth - layers), rng))
+        return children[0], children[1]
+
+    # ------------------------------------------------------------------ enumeration
+
+    def all(self) -> list[Genome]:
+        """Every valid genome (shape choices times each depth's mappings), in index order."""
+        out = []
+        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
+            layers = self.layers[head[0]]
+            for mapping in self.mappings[layers].all():
+                g = [*head, *mapping, *[0] * (self.depth - layers)]
+                if self.valid(g):
+                    out.append(g)
+        return out
+
+    def size(self) -> int:
+        """How many valid genomes there are (shapes counted, each depth's mappings in closed form)."""
+        total = 0
+        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
+            layers, hidden, heads, ffn, init = self._shape(head)
+            if hidden % heads == 0 and (init != "copy" or self._copyable(hidden, ffn)):
+                total += self.mappings[layers].size()
+        return total
+
+    def params(self, genome: Sequence[int]) -> int:
+        """Exact parameters of the candidate's encoder (:meth:`BertShape.parameters`)."""
+        return self.decode(genome).shape.parameters(self.teacher)
+
+    def smallest(self) -> Genome:
+        """The fewest parameters (the first in index order among equals), with its first mapping."""
+        return min(self.all_shapes(), key=lambda g: (self.params(g), g))
+
+    def all_shapes(self) -> list[Genome]:
+        """One genome per valid shape and start (its first mapping)."""
+        out = []
+        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
+            layers, hidden, heads, ffn, init = self._shape(head)
+            if hidden % heads == 0 and (init != "copy" or self._copyable(hidden, ffn)):
+                out.append([*head, *self.mappings[layers].smallest(), *[0] * (self.depth - layers)])
+        return out
