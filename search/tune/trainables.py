@@ -23,11 +23,12 @@ from distilnas.search.tune.cluster import trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
 
 
-def failed(exc: BaseException, start: float) -> None:
-    """Report a trial's failure with its reason (the traceback goes to the trial's log)."""
+def failed(exc: BaseException, start: float, metric: str) -> None:
+    """Report a trial's failure with its reason (the traceback goes to the trial's log). The searcher's
+    metric is reported too, as NaN: Ray Tune ends the whole run on a result without it."""
     traceback.print_exc(file=sys.stderr)
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    tune.report({"error": reason, "seconds": time.perf_counter() - start})
+    tune.report({metric: float("nan"), "error": reason, "seconds": time.perf_counter() - start})
 
 
 def job_trial(
@@ -39,7 +40,7 @@ def job_trial(
     try:
         out = work(config)
     except Exception as exc:  # the reason goes to the storage; the searcher decides on a retry
-        failed(exc, start)
+        failed(exc, start, "score")
         return
     tune.report(
         {
@@ -59,7 +60,7 @@ def candidate_trial(
     try:
         scores = work(config["candidate"])
     except Exception as exc:
-        failed(exc, start)
+        failed(exc, start, "fitness")
         return
     tune.report(
         {

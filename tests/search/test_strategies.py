@@ -237,6 +237,25 @@ def test_retried_hands_a_failure_out_again_then_counts_it() -> None:
     assert lane.ask() == [] and fixed.memo == {"2,5,8": FAILED}  # the third failure counts
 
 
+def failing(mapping: str) -> dict[str, float]:
+    """The synthetic fitness, except that the uniform mapping raises."""
+    if mapping == "2,5,8/8":
+        raise RuntimeError("a damaged cache")
+    return synthetic(mapping)
+
+
+def test_a_trial_that_raises_under_ray_tune_fails_alone(tmp_path: Path) -> None:
+    space = MappingSpace.build(3, 8, ALL)
+    lane = FixedSearch(space, [[2, 5, 8], [1, 2, 3], [6, 7, 8]])
+    recorder = Recorder(open_storage(None, tmp_path), "mapping")
+    searcher = StrategySearcher({"fixed": lane}, recorder, retries=1)
+    init_ray(None, num_cpus=2)
+    run_trials(searcher, failing, tmp_path, "search")  # the run goes on past the failures
+    assert lane.memo == {"2,5,8": FAILED, "1,2,3": -9.0, "6,7,8": -6.0}
+    fails = [t for t in recorder.study.get_trials() if t.state.name == "FAIL"]
+    assert len(fails) == 2 and {t.user_attrs["error"] for t in fails} == {"RuntimeError: a damaged cache"}
+
+
 def test_a_failed_candidate_is_tried_again_in_the_run_and_after_a_resume(tmp_path: Path) -> None:
     space = MappingSpace.build(3, 8, ALL)
     recorder = Recorder(open_storage(None, tmp_path), "mapping")
