@@ -11,6 +11,8 @@ recipes`) at the proxy's step budgets. It never runs the teacher: it reads the c
 - task-agnostic mode: general distillation on the corpus sample with the mapping, then fine-tuning on each
   proxy task's train subset; fitness = the mean dev score over the tasks;
 - task-specific mode: task distillation with the mapping on each proxy task; fitness likewise.
+
+:class:`JointFitness` scores a student's shape with its mapping the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from distilnas.distill.config import DistillConfig, TeacherConfig
+from distilnas.distill.config import DistillConfig, StudentConfig, TeacherConfig
 from distilnas.distill.prepared import PreparedData, prepare
 from distilnas.distill.recipes import Budget, distil
 from distilnas.distill.students import StudentRecord, student_spec
 from distilnas.proxies.config import ProxyConfig
+from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
 
 
@@ -87,15 +90,30 @@ class MappingFitness:
     def __init__(self, prepared: PreparedProxy) -> None:
         self.prepared = prepared
 
-    def __call__(self, mapping_text: str) -> dict[str, float]:
+    def candidate(self, text: str, student: StudentConfig) -> tuple[StudentConfig, LayerMapping]:
+        """The student and the mapping a candidate's text stands for: ``distill.student`` and a mapping."""
+        return student, LayerMapping.from_string(text, self.prepared.data.teacher_layers)
+
+    def __call__(self, text: str) -> dict[str, float]:
         p = self.prepared
-        mapping = LayerMapping.from_string(mapping_text, p.data.teacher_layers)
         config = DistillConfig.model_validate(p.distill)
-        spec = student_spec(config.student, AutoConfig.from_pretrained(p.data.teacher))
+        student, mapping = self.candidate(text, config.student)
+        spec = student_spec(student, AutoConfig.from_pretrained(p.data.teacher))
         spec = spec.kind.proxy_form(spec)
-        record = StudentRecord(spec.name, spec, config.student.init, str(mapping))
+        record = StudentRecord(spec.name, spec, student.init, str(mapping))
         tasks = [t.name for t in p.data.tasks]
         outcomes = distil(record, mapping.pairs(), p.data, config, tasks, budget=p.budget)
         scores = {name: float(o["score"]) for name, o in outcomes.items()}
         scores["fitness"] = sum(scores.values()) / len(scores)
         return scores
+
+
+class JointFitness(MappingFitness):
+    """The proxy score of a student shape with its mapping (:class:`~distilnas.spaces.joint_space.
+    JointCandidate`'s text): ``distill.student``'s other options at the candidate's sizes and start."""
+
+    def candidate(self, text: str, student: StudentConfig) -> tuple[StudentConfig, LayerMapping]:
+        c = JointCandidate.parse(text, self.prepared.data.teacher_layers)
+        s = c.shape
+        update = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "intermediate": s.intermediate}
+        return student.model_copy(update={**update, "init": c.init}), c.mapping

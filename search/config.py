@@ -110,9 +110,42 @@ class SupernetSearchConfig(Strict):
     """Students of the estimated front re-scored end to end with inherited weights."""
 
 
+class JointSearchConfig(Strict):
+    """The joint search of a plain BERT student's shape and its layer mapping (NSGA-II)."""
+
+    layers: list[int] = Field([2, 3, 4], min_length=1)
+    hidden: list[int] = Field([128, 192, 256, 384], min_length=1)
+    """Widths a student may take; at most the teacher's."""
+    heads: list[int] = Field([2, 4, 6, 8, 12], min_length=1)
+    """Attention heads (a count that does not divide a width is replaced by the nearest that does)."""
+    intermediate: list[int] = Field([512, 1024, 1536], min_length=1)
+    """Feed-forward sizes."""
+    init: list[Literal["random", "copy", "extract"]] = Field(["extract"], min_length=1)
+    """Starts a student may take (``copy`` only at the teacher's sizes)."""
+    population: int = Field(12, gt=1)
+    generations: int = Field(5, gt=0)
+    crossover: float = Field(0.9, ge=0, le=1)
+    mutation: float = Field(0.3, ge=0, le=1)
+    max_params: int | None = Field(None, gt=0)
+    """A budget: students with more parameters are never evaluated."""
+    max_latency_ms: float | None = Field(None, gt=0)
+    """A budget on the predicted latency at ``final.latency``'s setting."""
+    strategy: Literal["auto", "nsga2", "exhaustive"] = "auto"
+    """``auto``: every valid student once when the space fits the budget (population x generations),
+    else NSGA-II."""
+
+    @property
+    def budget(self) -> int:
+        return self.population * self.generations
+
+    def exhaustive(self, size: int) -> bool:
+        return self.strategy == "exhaustive" or (self.strategy == "auto" and size <= self.budget)
+
+
 class SearchConfig(Strict):
     mapping: MappingSearchConfig = MappingSearchConfig()
     supernet: SupernetSearchConfig = SupernetSearchConfig()
+    joint: JointSearchConfig = JointSearchConfig()
 
 
 class FinalConfig(Strict):

@@ -30,6 +30,7 @@ from distilnas.distill.students import StudentSpec, student_spec
 from distilnas.distill.teacher import WEIGHT_FILES, check_weights, model_config, resolve
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
+from distilnas.search.stages.joint import joint_space
 from distilnas.search.stages.supernet import checked_space
 from distilnas.search.tune import init_ray
 from distilnas.spaces.mapping import LayerMapping
@@ -270,10 +271,37 @@ def check_mapping_search(cfg: RunConfig, resume: bool, address: str | None) -> N
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
     mapping_space(cfg, tcfg)
+    proxy_inputs(cfg, tcfg, address)
+
+
+def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
+    """``distilnas search joint``: the joint space and its budgets, then what the mapping search needs."""
+    writable(cfg.output_dir, "output_dir")
+    RunFolder.of(cfg).joint.check(cfg, resume)
+    tcfg = teacher_config(cfg)
+    student(cfg, tcfg)
+    space = joint_space(cfg, tcfg)
+    j = cfg.search.joint
+    if j.strategy == "exhaustive" and space.size() > j.budget:
+        raise UserError(
+            f"search.joint.strategy: exhaustive over {space.size()} valid students, more than the budget of "
+            f"{j.budget} evaluations (population x generations); raise them, or choose 'nsga2' or 'auto'"
+        )
+    smallest = space.smallest()
+    if j.max_params is not None and space.params(smallest) > j.max_params:
+        raise UserError(
+            f"search.joint.max_params: {j.max_params:,} is below the smallest student "
+            f"({space.describe(smallest)}, {space.params(smallest):,} parameters)"
+        )
+    proxy_inputs(cfg, tcfg, address)
+
+
+def proxy_inputs(cfg: RunConfig, tcfg: PretrainedConfig, address: str | None) -> None:
+    """What a proxy search reads: the proxy tasks, the corpus (task-agnostic), the storage, disk, Ray."""
     splits(cfg, "proxy.tasks", cfg.proxy.tasks)
     caches: list[Cache] = []
     if cfg.search.mapping.mode == "task-agnostic":
-        texts = corpus(cfg, "the task-agnostic mapping search")
+        texts = corpus(cfg, "the task-agnostic proxy")
         caches.append(
             corpus_cache(
                 texts, cfg.proxy.corpus_fraction, cfg.distill.max_length, general_fields(cfg), "corpus"

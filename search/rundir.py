@@ -5,6 +5,7 @@ output_dir/
   config.json         the config of ``distilnas run`` and its hash (each stage folder records its own too)
   run.log  optuna.journal (every stage's trials, one study each, unless storage.url names a database)
   search-mapping/     the layer-mapping search     search-supernet/   the architecture search
+  search-joint/       the joint search of shape and mapping
   final/              the final stage              results/  exports/  report.html
 ```
 
@@ -35,6 +36,11 @@ RESULTS = "results.json"
 
 MAPPING_INPUTS = ("teacher", "data.glue_dir", "data.corpus", "proxy", "distill", "search.mapping", "seed")
 """What the mapping search's outputs depend on (another final stage may reuse them)."""
+JOINT_INPUTS = (
+    "teacher", "data.glue_dir", "data.corpus", "proxy", "distill", "search.joint",
+    "search.mapping.constraints", "search.mapping.mode", "final.latency", "seed",
+)  # fmt: skip
+"""What the joint search's outputs depend on: the mapping search's, its own space and the latency setting."""
 SUPERNET_INPUTS = (
     "teacher.name", "data.corpus", "distill.max_length", "search.supernet", "final.latency", "seed"
 )  # fmt: skip
@@ -96,6 +102,10 @@ class Studies:
     @property
     def final_general(self) -> str:
         return self.name("final", "general")
+
+    @property
+    def joint(self) -> str:
+        return self.name("joint")
 
     @property
     def supernet_blocks(self) -> str:
@@ -270,6 +280,10 @@ class RunFolder(Folder):
         return Folder(self.path / "search-supernet", SUPERNET_INPUTS)
 
     @property
+    def joint(self) -> Folder:
+        return Folder(self.path / "search-joint", JOINT_INPUTS)
+
+    @property
     def final(self) -> Folder:
         return Folder(self.path / "final")
 
@@ -291,7 +305,7 @@ class RunFolder(Folder):
 
     def recorded_folders(self) -> list[Folder]:
         """The run's own folder and its stage folders that recorded a config, the run's first."""
-        return [f for f in (self, self.mapping, self.supernet, self.final) if f.started]
+        return [f for f in (self, self.mapping, self.joint, self.supernet, self.final) if f.started]
 
     def storage(self, url: str | None) -> optuna.storages.BaseStorage:
         """The run's Optuna storage: the journal file in the folder, or the RDB at ``url``."""

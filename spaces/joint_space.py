@@ -4,10 +4,11 @@ A genome is ``[depth, hidden, heads, ffn, init, t_1, ..., t_D]``: five indices i
 then the teacher layer of each student layer (as in :class:`~distilnas.spaces.mapping_space.MappingSpace`),
 ``D`` the deepest choice; genes past the genome's own depth are 0, so each candidate has one genome.
 
-Variation keeps every genome valid by repair, never by rejection: heads that do not divide the width
-become the nearest choice that does; a ``copy`` start at another width than the teacher's becomes
-``extract``; when the depth changes, the mapping is resized (each new student layer takes the teacher
-layer of the old layer at the same relative depth) and repaired under the mapping constraints.
+Variation keeps every genome valid by repair, never by rejection: a width, heads, FFN size and start
+that do not fit together (heads divide the width; a ``copy`` is the teacher's layer whole; an
+``extract``ed one keeps whole heads, so the teacher's head size) become the nearest that do; when the
+depth changes, the mapping is resized (each new student layer takes the teacher layer of the old layer at
+the same relative depth) and repaired under the mapping constraints.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from itertools import product
 
 from transformers import PretrainedConfig
 
-from distilnas.distill.bert import BertShape
+from distilnas.distill.bert import BertShape, check_build
 from distilnas.distill.errors import UserError
 from distilnas.spaces.base import Genome, ParamChoices
 from distilnas.spaces.mapping import LayerMapping
@@ -39,6 +40,23 @@ class JointCandidate:
     def __str__(self) -> str:
         s = self.shape
         return f"{s.layers}L-{s.hidden}-{s.heads}h-{s.intermediate}f-{self.init}:{self.mapping}"
+
+    @classmethod
+    def parse(cls, text: str, teacher_layers: int | None = None) -> JointCandidate:
+        """The candidate of ``"3L-256-4h-1024f-extract:2,4,6/6"``."""
+        try:
+            shape, mapping = text.split(":", 1)
+            depth, hidden, heads, ffn, init = shape.split("-", 4)
+            layers = int(depth.removesuffix("L"))
+            size = BertShape(layers, int(hidden), int(heads.removesuffix("h")), int(ffn.removesuffix("f")))
+        except ValueError:
+            raise UserError(f"student {text!r}: expected e.g. '3L-256-4h-1024f-extract:2,4,6/6'") from None
+        found = LayerMapping.from_string(mapping, teacher_layers)
+        if found.student_layers != layers:
+            raise UserError(
+                f"student {text!r}: a {layers}-layer student with a {found.student_layers}-layer mapping"
+            )
+        return cls(size, init, found)
 
 
 @dataclass
@@ -73,11 +91,20 @@ class JointSpace:
             raise UserError(
                 f"search.joint.init: unknown starts {sorted(unknown)}; known: random, copy, extract"
             )
-        if self.init == ["copy"] and not any(
-            self._copyable(h, f) for h in self.hidden for f in self.intermediate
-        ):
+        # (hidden, heads, intermediate, init) indices that fit together: heads divide the width, and the
+        # start can be made from the teacher (a copy is whole, an extraction keeps whole heads)
+        self.allowed: set[tuple[int, int, int, int]] = {
+            (h, k, f, i)
+            for (h, hidden), (k, heads), (f, ffn), (i, init) in product(
+                *(enumerate(getattr(self, n)) for n in SHAPE_GENES[1:])
+            )
+            if hidden % heads == 0 and startable(BertShape(1, hidden, heads, ffn), self.teacher, init)
+        }
+        if not self.allowed:
             raise UserError(
-                "search.joint.init: copy needs the teacher's hidden and FFN sizes among the choices"
+                "search.joint: no width, heads, FFN size and start fit together "
+                f"({', '.join(self.init)} from a teacher of {self.teacher_hidden} hidden, "
+                f"{self.teacher.num_attention_heads} heads)"
             )
         self.mappings = {d: MappingSpace.build(d, self.teacher_layers, self.constraints) for d in self.layers}
         self.depth = max(self.layers)
@@ -113,17 +140,10 @@ class JointSpace:
 
     def read(self, text: str) -> Genome:
         """The genome of ``"3L-256-4h-1024f-extract:2,4,6/6"``."""
-        try:
-            shape, mapping_text = text.split(":", 1)
-            depth, hidden, heads, ffn, init = shape.split("-", 4)
-            layers = int(depth.removesuffix("L"))
-            shape_ = BertShape(layers, int(hidden), int(heads.removesuffix("h")), int(ffn.removesuffix("f")))
-        except ValueError:
-            raise UserError(f"student {text!r}: expected e.g. '3L-256-4h-1024f-extract:2,4,6/6'") from None
-        if layers not in self.mappings:
-            raise UserError(f"student {text!r}: depth {layers} is not in the joint space")
-        mapping = LayerMapping.from_string(mapping_text, self.teacher_layers)
-        genome = self.encode(JointCandidate(shape_, init, mapping))
+        candidate = JointCandidate.parse(text, self.teacher_layers)
+        if candidate.shape.layers not in self.mappings:
+            raise UserError(f"student {text!r}: depth {candidate.shape.layers} is not in the joint space")
+        genome = self.encode(candidate)
         if not self.valid(genome):
             raise UserError(f"student {text!r}: breaks the joint space's rules")
         return genome
@@ -147,39 +167,26 @@ class JointSpace:
         sizes = (len(self.layers), len(self.hidden), len(self.heads), len(self.intermediate), len(self.init))
         if not all(0 <= g < n for g, n in zip(genome[:5], sizes, strict=True)):
             return False
-        layers, hidden, heads, ffn, init = self._shape(genome)
-        if hidden % heads or (init == "copy" and not self._copyable(hidden, ffn)):
+        if tuple(genome[1:5]) not in self.allowed:
             return False
+        layers = self.layers[genome[0]]
         return self.mappings[layers].valid(list(genome[5 : 5 + layers])) and not any(genome[5 + layers :])
 
-    def _copyable(self, hidden: int, ffn: int) -> bool:
-        """``copy`` takes the teacher's layers as they are: only at the teacher's sizes."""
-        return hidden == self.teacher_hidden and ffn == self.teacher_intermediate
-
     def repair(self, genome: Genome, rng: random.Random) -> Genome:
-        """The nearest valid genome: heads dividing the width, a start the shape allows, a mapping of the
-        genome's depth that keeps the constraints."""
+        """The nearest valid genome: width, FFN size, start and heads that fit together (the heads change
+        first, then the start, the FFN size, the width), and a mapping of the genome's depth that keeps
+        the constraints."""
         g = list(genome)
-        hidden = self.hidden[g[1]]
-        if hidden % self.heads[g[2]]:
-            fits = [i for i, k in enumerate(self.heads) if hidden % k == 0]
-            if not fits:  # no head count divides this width: the nearest width some head count divides
-                g[1] = min(
-                    (i for i, h in enumerate(self.hidden) if any(h % k == 0 for k in self.heads)),
-                    key=lambda i: (abs(i - g[1]), i),
-                )
-                fits = [i for i, k in enumerate(self.heads) if self.hidden[g[1]] % k == 0]
-            g[2] = min(fits, key=lambda i: (abs(i - g[2]), i))
-        layers, hidden, _, ffn, init = self._shape(g)
-        if init == "copy" and not self._copyable(hidden, ffn):
-            others = [i for i, name in enumerate(self.init) if name != "copy"]
-            if others:
-                g[4] = self.init.index("extract") if "extract" in self.init else others[0]
-            else:  # only copy: the teacher's sizes
-                g[1], g[3] = (
-                    self.hidden.index(self.teacher_hidden),
-                    self.intermediate.index(self.teacher_intermediate),
-                )
+        if tuple(g[1:5]) not in self.allowed:
+            h, k, f, i = g[1:5]
+
+            def distance(a: tuple[int, int, int, int]) -> tuple[int, int, int, int, tuple[int, ...]]:
+                start = 0 if a[3] == i else 1 if self.init[a[3]] == "extract" else 2  # extract keeps most
+                return abs(a[0] - h), abs(a[2] - f), start, abs(a[1] - k), a
+
+            nearest = min(self.allowed, key=distance)
+            g[1:5] = nearest
+        layers = self.layers[g[0]]
         space = self.mappings[layers]
         mapping = space.repair(list(g[5 : 5 + layers]), rng)
         if not space.valid(mapping):
@@ -235,23 +242,16 @@ class JointSpace:
 
     def all(self) -> list[Genome]:
         """Every valid genome (shape choices times each depth's mappings), in index order."""
-        out = []
-        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
-            layers = self.layers[head[0]]
-            for mapping in self.mappings[layers].all():
-                g = [*head, *mapping, *[0] * (self.depth - layers)]
-                if self.valid(g):
-                    out.append(g)
-        return out
+        return [
+            [d, *rest, *mapping, *[0] * (self.depth - layers)]
+            for d, layers in enumerate(self.layers)
+            for rest in sorted(self.allowed)
+            for mapping in self.mappings[layers].all()
+        ]
 
     def size(self) -> int:
         """How many valid genomes there are (shapes counted, each depth's mappings in closed form)."""
-        total = 0
-        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
-            layers, hidden, heads, ffn, init = self._shape(head)
-            if hidden % heads == 0 and (init != "copy" or self._copyable(hidden, ffn)):
-                total += self.mappings[layers].size()
-        return total
+        return len(self.allowed) * sum(self.mappings[d].size() for d in self.layers)
 
     def params(self, genome: Sequence[int]) -> int:
         """Exact parameters of the candidate's encoder (:meth:`BertShape.parameters`)."""
@@ -262,10 +262,18 @@ class JointSpace:
         return min(self.all_shapes(), key=lambda g: (self.params(g), g))
 
     def all_shapes(self) -> list[Genome]:
-        """One genome per valid shape and start (its first mapping)."""
-        out = []
-        for head in product(*(range(len(getattr(self, n))) for n in SHAPE_GENES)):
-            layers, hidden, heads, ffn, init = self._shape(head)
-            if hidden % heads == 0 and (init != "copy" or self._copyable(hidden, ffn)):
-                out.append([*head, *self.mappings[layers].smallest(), *[0] * (self.depth - layers)])
-        return out
+        """One genome per valid shape and start (its first mapping), in index order."""
+        return [
+            [d, *rest, *self.mappings[layers].smallest(), *[0] * (self.depth - layers)]
+            for d, layers in enumerate(self.layers)
+            for rest in sorted(self.allowed)
+        ]
+
+
+def startable(shape: BertShape, teacher: PretrainedConfig, init: str) -> bool:
+    """Whether a student of ``shape`` can start ``init`` from the teacher (:func:`check_build`)."""
+    try:
+        check_build(shape, teacher, init)
+    except UserError:
+        return False
+    return True

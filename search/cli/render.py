@@ -83,6 +83,29 @@ def mapping_search(results: dict[str, Any]) -> Table:
     return table
 
 
+def joint_search(results: dict[str, Any]) -> Table:
+    volumes = results["hypervolume"]["per_generation"]
+    signal = results["signal"]
+    table = Table(
+        title=f"joint search ({results['mode']}): {results['evaluations']} students evaluated, a front of "
+        f"{len(results['front'])} spanning {fmt(results['front_params_span'] or 0)}x in parameters; "
+        f"hypervolume {fmt(volumes[-1]['hypervolume'] if volumes else None, 'none')}; "
+        f"latency MAPE {fmt(results['latency']['mape_percent'], 'n/a')}%",
+        caption=f"{len(signal['uninformative'])} of {signal['evaluations']} evaluations at chance level",
+    )
+    for col in ("student", "proxy", "params (M)", "predicted ms", "measured ms"):
+        table.add_column(col)
+    for r in results["front"]:
+        table.add_row(
+            r["student"],
+            fmt(r["proxy"]),
+            f"{r['params'] / 1e6:.2f}",
+            fmt(r["predicted_ms"]),
+            fmt(r["measured_ms"]),
+        )
+    return table
+
+
 def supernet_search(results: dict[str, Any]) -> Table:
     lat, cost = results["latency"], results["cost"]
     table = Table(

@@ -1,4 +1,4 @@
-"""``distilnas search`` (mapping, supernet, extract), ``distilnas fidelity`` and ``distilnas space``."""
+"""``distilnas search`` (mapping, joint, supernet, extract), ``distilnas fidelity``, ``distilnas space``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from distilnas.search.cli.app import (
     stdout_to_stderr,
 )
 from distilnas.search.config import load_config
-from distilnas.search.preflight import check_mapping_search, check_supernet_search
+from distilnas.search.preflight import check_joint_search, check_mapping_search, check_supernet_search
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.fidelity import run_fidelity
+from distilnas.search.stages.joint import run_joint_search
 from distilnas.search.stages.mapping import run_mapping_search
 from distilnas.search.stages.supernet import (
     extract_student,
@@ -54,6 +55,31 @@ def search_mapping(
     with stdout_to_stderr():
         results = run_mapping_search(cfg, resume=resume, address=address)
     emit(results, as_json, render.mapping_search(results))
+
+
+@search_app.command("joint")
+def search_joint(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Run config (YAML): search.joint, search.mapping.constraints, proxy, final.latency."
+        ),
+    ],
+    address: AddressOpt = None,
+    resume: ResumeOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a plain BERT student's shape (depth, width, heads, FFN size, start) and its layer mapping
+    together: NSGA-II (DEAP) on (proxy score, parameters, predicted latency), or every valid student once
+    when the space fits the budget. Latency is predicted from a table of BERT layers timed here at
+    final.latency's setting; the front's students are timed whole to report the prediction's error."""
+    cfg = load_config(config)
+    with stdout_to_stderr():
+        check_joint_search(cfg, resume, address)  # before anything is written, a log included
+    setup_logging(RunFolder.of(cfg).joint / "search.log")
+    with stdout_to_stderr():
+        results = run_joint_search(cfg, resume=resume, address=address)
+    emit(results, as_json, render.joint_search(results))
 
 
 @search_app.command("supernet")

@@ -10,7 +10,7 @@ Stage folder (``output_dir/search-mapping``): ``config.json`` (the run's config 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ def search_with(
     folder: Path,
     checkpoint: Path | None = None,
     ray: RayConfig | None = None,
+    name: str = "mapping",
+    costs: Callable[[Genome], Sequence[float]] | None = None,
 ) -> StrategySearcher:
     """Run the strategies to their end under Ray Tune, as one searcher.
 
@@ -55,7 +57,7 @@ def search_with(
     before any suggestion: after a crash nothing finished is evaluated again.
     """
     ray = ray or RayConfig()
-    searcher = StrategySearcher(lanes, recorder, checkpoint, retries=ray.retries)
+    searcher = StrategySearcher(lanes, recorder, checkpoint, name=name, retries=ray.retries, costs=costs)
     if checkpoint is not None and checkpoint.is_file():
         searcher.restore(str(checkpoint))
     if searcher.known:
@@ -149,12 +151,12 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     return results
 
 
-def signal(cfg: RunConfig, recorder: Recorder) -> dict[str, Any]:
+def signal(cfg: RunConfig, recorder: Recorder, name: str = "mapping") -> dict[str, Any]:
     """How many of the search's evaluations are uninformative (every task at its chance level); a
     warning when over a quarter are."""
     chance = {t: task_chance(t, cfg.data.glue_dir) for t in cfg.proxy.tasks}
     scores = {
-        t.user_attrs["mapping"]: {
+        t.user_attrs[name]: {
             k.removeprefix("score_"): v for k, v in t.user_attrs.items() if k.startswith("score_")
         }
         for t in recorder.complete()

@@ -74,10 +74,18 @@ class Recorder:
     # ------------------------------------------------------------------ candidates of a search space
 
     def candidate(
-        self, space: SearchSpace, genome: Genome, fitness: float | None, attrs: dict[str, Any], name: str
+        self,
+        space: SearchSpace,
+        genome: Genome,
+        fitness: float | None,
+        attrs: dict[str, Any],
+        name: str,
+        costs: Sequence[float] = (),
     ) -> None:
-        """A candidate: its genome as parameters, its canonical text as the attribute ``name``."""
-        self.add(fitness, space.trial_params(genome), {name: space.describe(genome), **attrs})
+        """A candidate: its genome as parameters, its canonical text as the attribute ``name``; its fitness,
+        then its ``costs`` in a multi-objective study."""
+        values = None if fitness is None else [fitness, *map(float, costs)]
+        self.add(values, space.trial_params(genome), {name: space.describe(genome), **attrs})
 
     def candidates(self, name: str, source: str | None = None) -> dict[str, float | None]:
         """Canonical text -> fitness (None: failed) of every recorded candidate (of one ``source``)."""
@@ -86,7 +94,7 @@ class Recorder:
             if source is not None and t.user_attrs.get("source") != source:
                 continue
             if t.state == TrialState.COMPLETE:
-                out[t.user_attrs[name]] = t.value
+                out[t.user_attrs[name]] = t.values[0]  # the fitness; a multi-objective study's costs follow
             elif t.state == TrialState.FAIL:
                 out.setdefault(t.user_attrs[name], None)
         return out

@@ -16,7 +16,7 @@ import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,8 @@ class StrategySearcher(TimedSearcher):
     trained again (the fitness is a deterministic function of the candidate and the seed).
 
     A trial's config carries the candidate's canonical text (``candidate``); its Optuna trial holds it
-    as the attribute ``name`` (``mapping`` for layer mappings).
+    as the attribute ``name`` (``mapping`` for layer mappings), and with ``costs`` its values are the
+    fitness and the candidate's costs (a multi-objective study).
     """
 
     def __init__(
@@ -102,10 +103,12 @@ class StrategySearcher(TimedSearcher):
         metric: str = "fitness",
         name: str = "mapping",
         retries: int = 0,
+        costs: Callable[[Genome], Sequence[float]] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode="max", retries=retries)
         self.space = next(iter(lanes.values())).space
         self.recorder, self.checkpoint, self.name = recorder, checkpoint, name
+        self.costs = costs  # the objectives besides the fitness a multi-objective study records
         self.known: Evaluations = {}
         if recorder is not None:
             failures = recorder.failures(name)
@@ -169,7 +172,8 @@ class StrategySearcher(TimedSearcher):
         if fitness is None:
             attrs.setdefault("error", LOST)
         if self.recorder is not None:
-            self.recorder.candidate(self.space, genome, fitness, attrs, self.name)
+            costs = self.costs(genome) if self.costs is not None else ()
+            self.recorder.candidate(self.space, genome, fitness, attrs, self.name, costs)
         text = self.space.describe(genome)
         if fitness is None and self.failed(key(genome), f"{text}: {attrs['error']}"):
             self._settle(source)  # not told: the lane hands it out again

@@ -14,7 +14,7 @@ from distilnas.spaces.base import Genome
 from distilnas.spaces.joint_space import JointSpace
 
 SPACE: JointSpace = joint_space(
-    layers=[1, 2, 3], hidden=[16, 32, 48, 64], heads=[2, 4], intermediate=[64, 256], init=["extract"]
+    layers=[1, 2, 3], hidden=[16, 32, 48, 64], heads=[2, 4], intermediate=[64, 256], init=["random"]
 )
 
 

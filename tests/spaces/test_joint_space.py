@@ -43,16 +43,18 @@ def test_repair_resizes_the_mapping_when_the_depth_changes() -> None:
     assert s.valid(deeper) and s.decode(deeper).shape.layers == 4
     shallower = s.repair([0, *three[1:5], *s.resize([2, 4, 6], 1), 0, 0, 0], random.Random(0))
     assert s.describe(shallower) == "1L-64-4h-256f-copy:2/6"
-    # a copy start at another width becomes extract; heads that do not divide the width the nearest that do
+    # a copy at another FFN size cannot be: extract it instead, with the heads an extraction keeps (4 of 16)
     narrow = s.repair([1, 3, 1, 0, 1, 1, 3, 0, 0], random.Random(0))  # 2L-64, 3 heads, FFN 64, copy
-    assert s.describe(narrow) == "2L-64-2h-64f-extract:1,3/6"  # 2 and 4 heads are as near: the first
+    assert s.describe(narrow) == "2L-64-4h-64f-extract:1,3/6"
+    # heads that do not divide the width: the nearest that do (2 and 4 are as near: the first)
+    assert s.describe(s.repair([1, 3, 1, 0, 0, 1, 3, 0, 0], random.Random(0))) == "2L-64-2h-64f-random:1,3/6"
 
 
 def test_count_enumeration_and_text_round_trip() -> None:
-    s = space(layers=[1, 2], hidden=[32, 64], heads=[2, 3], intermediate=[256], init=["copy", "extract"])
+    s = space(layers=[1, 2], hidden=[32, 64], heads=[2, 4], intermediate=[256], init=["copy", "extract"])
     every = s.all()
     assert len(every) == s.size() == len({tuple(g) for g in every})
-    # widths 32 and 64 take 2 heads only; copy only at 64 wide: 3 starts-and-widths, times 6 + 15 mappings
+    # extract keeps 16-wide heads (32 with 2, 64 with 4); copy is 64 wide with 4: 3 shapes x (6 + 15) mappings
     assert s.size() == 3 * (6 + 15)
     for g in every:
         assert s.read(s.describe(g)) == g
@@ -78,7 +80,7 @@ def test_parameters_are_exact_and_smallest_has_the_fewest() -> None:
         ({"hidden": [32, 128]}, "128 is wider than the teacher (64)"),
         ({"heads": [5]}, "none divides"),
         ({"layers": [2, 7]}, "a 7-layer student is deeper than its 6-layer teacher"),
-        ({"init": ["copy"], "hidden": [32]}, "copy needs the teacher's hidden and FFN sizes"),
+        ({"init": ["copy"], "hidden": [32]}, "no width, heads, FFN size and start fit together"),
         ({"layers": []}, "search.joint.layers: give one or more distinct values"),
         ({"init": ["clone"]}, "unknown starts ['clone']"),
     ],

@@ -1,0 +1,274 @@
+"""The joint search of a plain BERT student's shape and its layer mapping, end to end.
+
+NSGA-II (:class:`~distilnas.search.strategies.NSGA2Search`) over :class:`~distilnas.spaces.joint_space.
+JointSpace` on (proxy score up, parameters down, predicted latency down); every valid student once when
+the space fits the budget. Proxy evaluations are Ray Tune trials through the same searcher as the
+mapping search (de-duplicated, retried, resumable), each in the run's Optuna storage as a three-objective
+trial (study ``<prefix>-joint``). Budgets (``max_params``, ``max_latency_ms``) exclude a student before any
+trial.
+
+Stage folder (``output_dir/search-joint``): ``config.json``, ``proxy.json``, ``latency.json`` (the table
+of plain BERT layers timed at ``final.latency``'s setting), ``search_state.json``, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import PretrainedConfig
+
+from distilnas.distill.corpus import load_corpus
+from distilnas.distill.errors import UserError
+from distilnas.distill.measure import timed
+from distilnas.distill.teacher import model_config, resolve
+from distilnas.distill.utils import atomic_write_json
+from distilnas.proxies.bert_latency import BertLatencyTable, measure_bert_table, plain_encoder
+from distilnas.proxies.latency import mape
+from distilnas.proxies.mapping_fitness import JointFitness, prepare_proxy
+from distilnas.results.pareto import hypervolume, non_dominated_sort
+from distilnas.search.config import RunConfig
+from distilnas.search.rundir import Folder, RunFolder
+from distilnas.search.stages.mapping import search_with, signal
+from distilnas.search.strategies import NSGA2Search, Strategy, exhaustive, key, wrap
+from distilnas.search.strategies.fixed import FixedSearch
+from distilnas.search.tune import Recorder, init_ray
+from distilnas.spaces.base import Genome
+from distilnas.spaces.joint_space import JointSpace
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("proxy score", "parameters", "predicted latency (ms)")
+LATENCY = "latency.json"
+
+
+def joint_space(cfg: RunConfig, teacher: PretrainedConfig | None = None) -> JointSpace:
+    """The config's joint space over the teacher's config (no weights needed)."""
+    j = cfg.search.joint
+    teacher = teacher or model_config(resolve(cfg.teacher.name))
+    return JointSpace(
+        list(j.layers),
+        list(j.hidden),
+        list(j.heads),
+        list(j.intermediate),
+        list(j.init),
+        teacher,
+        list(cfg.search.mapping.constraints),
+    )
+
+
+def latency_table(cfg: RunConfig, space: JointSpace, stage: Folder) -> BertLatencyTable:
+    """The stage's latency table: read back when it was timed at this setting on this kind of device,
+    else timed now (every width the space has; written by :func:`run_joint_search` once it is accepted)."""
+    path = stage / LATENCY
+    if path.is_file():
+        table = BertLatencyTable.from_json(json.loads(path.read_text()))
+        if table.matches(cfg.final.latency):
+            return table
+        log.info("%s was timed at another setting or device: timing it again", path)
+    widths = {(h, k, f) for h in space.hidden for k in space.heads for f in space.intermediate if h % k == 0}
+    return measure_bert_table(widths, space.teacher, cfg.final.latency)
+
+
+class Costs:
+    """A candidate's parameters and predicted latency (the objectives NSGA-II minimises)."""
+
+    def __init__(self, space: JointSpace, table: BertLatencyTable) -> None:
+        self.space, self.table = space, table
+
+    def __call__(self, genome: Genome) -> tuple[float, float]:
+        return float(self.space.params(genome)), self.table.predict(self.space.decode(genome).shape)
+
+
+class Within:
+    """A budget as a rule: objective ``index`` of a candidate's costs is at most ``limit``."""
+
+    def __init__(self, costs: Costs, index: int, limit: float) -> None:
+        self.costs, self.index, self.limit = costs, index, limit
+
+    def __call__(self, genome: Sequence[int]) -> bool:
+        return self.costs(list(genome))[self.index] <= self.limit
+
+
+def budget_rules(cfg: RunConfig, costs: Costs) -> dict[str, Callable[[Sequence[int]], bool]]:
+    """The budgets as rules: a student above one is never evaluated."""
+    j = cfg.search.joint
+    rules: dict[str, Callable[[Sequence[int]], bool]] = {}
+    if j.max_params is not None:
+        rules[f"max_params={j.max_params}"] = Within(costs, 0, j.max_params)
+    if j.max_latency_ms is not None:
+        rules[f"max_latency_ms={j.max_latency_ms}"] = Within(costs, 1, j.max_latency_ms)
+    return rules
+
+
+def affordable(cfg: RunConfig, space: JointSpace, table: BertLatencyTable) -> None:
+    """Refuse a latency budget no student of the space meets (the parameter budget is checked by the
+    preflight: it needs no table)."""
+    limit = cfg.search.joint.max_latency_ms
+    if limit is None:
+        return
+    fastest = min(space.all_shapes(), key=lambda g: table.predict(space.decode(g).shape))
+    ms = table.predict(space.decode(fastest).shape)
+    if ms > limit:
+        raise UserError(
+            f"search.joint.max_latency_ms: {limit} is below the fastest student "
+            f"({space.describe(fastest)}, {ms:.2f} ms predicted)"
+        )
+
+
+def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
+    """NSGA-II over shape and mapping (or every student, when the space fits the budget); the results."""
+    run = RunFolder.of(cfg)
+    stage = run.joint
+    stage.check(cfg, resume)
+    j = cfg.search.joint
+    if cfg.data.corpus is None and cfg.search.mapping.mode == "task-agnostic":
+        raise UserError("data.corpus: the task-agnostic joint search needs a corpus")
+    teacher = model_config(resolve(cfg.teacher.name))
+    space = joint_space(cfg, teacher)
+    table = latency_table(cfg, space, stage)
+    affordable(cfg, space, table)  # a latency budget no student meets: refused before anything is written
+    storage = run.storage(cfg.storage.url)
+    init_ray(address or cfg.ray.address)
+    stage.record(cfg)
+    atomic_write_json(stage / LATENCY, table.to_json())
+    costs = Costs(space, table)
+
+    recorder = Recorder(storage, run.studies.joint, ("maximize", "minimize", "minimize"), OBJECTIVES)
+    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
+    prepared = prepare_proxy(
+        cfg.teacher,
+        cfg.proxy,
+        cfg.distill,
+        texts,
+        cfg.data.glue_dir,
+        cfg.cache_dir,
+        stage.path,
+        cfg.search.mapping.mode,
+        cfg.seed,
+    )
+    atomic_write_json(stage / "proxy.json", prepared.to_json())
+    size = space.size()
+    search: NSGA2Search | FixedSearch
+    if j.exhaustive(size):
+        log.info(
+            "%d valid students, within the budget of %d evaluations: each evaluated once", size, j.budget
+        )
+        search, mode = exhaustive(space, j.budget), "exhaustive"
+    else:
+        search = NSGA2Search(space, j.population, j.generations, costs, j.crossover, j.mutation, cfg.seed)
+        mode = "nsga2"
+    rules = budget_rules(cfg, costs)
+    lane: Strategy = wrap(search, rules=rules) if rules else search
+    searcher = search_with(
+        {mode: lane}, recorder, JointFitness(prepared), stage.path, stage / "search_state.json", cfg.ray,
+        name="student", costs=costs,
+    )  # fmt: skip
+
+    front = front_of(search, costs)
+    results: dict[str, Any] = {
+        "mode": mode,
+        "space": {"size": size, "layers": j.layers, "hidden": j.hidden, "heads": j.heads,
+                  "intermediate": j.intermediate, "init": j.init},
+        "budget": j.budget,
+        "objectives": list(OBJECTIVES),
+        "evaluations": sum(1 for v in search.memo.values() if v != float("-inf")),
+        "rejected": dict(getattr(lane, "rejected", {})),
+        "front": measured_front(cfg, space, costs, front),
+        "hypervolume": {"reference": REFERENCE, "per_generation": generation_volumes(search, space, costs)},
+        "trials": len(searcher.known),
+        "trial_seconds": searcher.seconds,
+        "ray": searcher.overhead(),
+    }  # fmt: skip
+    results["front_params_span"] = span([s["params"] for s in results["front"]])
+    predicted = [s["predicted_ms"] for s in results["front"]]
+    measured = [s["measured_ms"] for s in results["front"]]
+    results["latency"] = {
+        "mape_percent": mape(predicted, measured) if measured else None,
+        "setting": {k: v for k, v in table.to_json().items() if k != "entries"},
+    }
+    results["signal"] = signal(cfg, recorder, "student")
+    stage.write_results(results)
+    return results
+
+
+def front_of(search: NSGA2Search | FixedSearch, costs: Costs) -> list[tuple[Genome, float]]:
+    """The non-dominated evaluated students (fitness up, costs down), smallest first."""
+    done = search.memo.ranked()
+    if isinstance(search, NSGA2Search):
+        on = {key(g) for g in search.front()}
+    else:
+        points = [(-f, *costs(g)) for g, f in done]
+        on = {key(done[i][0]) for i in non_dominated_sort(points)[0]} if done else set()
+    return sorted(((g, f) for g, f in done if key(g) in on), key=lambda x: (costs(x[0]), x[0]))
+
+
+REFERENCE = [0.0, 1.0, 1.0]
+"""Hypervolume's reference point over normalised objectives: (-score/100, parameters and predicted latency
+as fractions of the space's largest student's)."""
+
+
+class Normalised:
+    """A candidate's objectives on the hypervolume's scale (:data:`REFERENCE`)."""
+
+    def __init__(self, space: JointSpace, costs: Costs) -> None:
+        self.costs = costs
+        largest = costs(max(space.all_shapes(), key=costs))
+        self.scale = [1.0001 * c for c in largest]  # the largest student still adds a sliver
+
+    def __call__(self, genome: Genome, fitness: float) -> list[float]:
+        return [-fitness / 100, *(c / s for c, s in zip(self.costs(genome), self.scale, strict=True))]
+
+
+def generation_volumes(
+    search: NSGA2Search | FixedSearch, space: JointSpace, costs: Costs
+) -> list[dict[str, Any]]:
+    """The front's hypervolume after each generation (NSGA-II), or once (exhaustive)."""
+    scale = Normalised(space, costs)
+    if not isinstance(search, NSGA2Search):
+        front = front_of(search, costs)
+        points = [scale(g, f) for g, f in front]
+        return [{"generation": 0, "front": len(front), "hypervolume": hypervolume(points, REFERENCE)}]
+    out = []
+    for entry in search.logbook:
+        genomes = [space.read(text) for text in entry["front"]]
+        points = [scale(g, search.memo[key(g)]) for g in genomes]
+        out.append(
+            {
+                "generation": entry["generation"],
+                "front": len(genomes),
+                "evaluated": entry["evaluated"],
+                "hypervolume": hypervolume(points, REFERENCE),
+            }
+        )
+    return out
+
+
+def measured_front(
+    cfg: RunConfig, space: JointSpace, costs: Costs, front: list[tuple[Genome, float]]
+) -> list[dict[str, Any]]:
+    """Each front student with its proxy score, parameters, predicted latency and measured latency (its
+    encoder built and timed as the final stage times students)."""
+    out = []
+    torch.manual_seed(0)
+    for genome, fitness in front:
+        candidate = space.decode(genome)
+        params, predicted = costs(genome)
+        measured = timed(plain_encoder(candidate.shape, space.teacher), cfg.final.latency)["latency"]["ms"]
+        out.append(
+            {
+                "student": str(candidate),
+                "proxy": fitness,
+                "params": int(params),
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+            }
+        )
+    return out
+
+
+def span(values: list[float]) -> float | None:
+    return max(values) / min(values) if values else None

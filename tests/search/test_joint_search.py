@@ -1,0 +1,98 @@
+"""`distilnas search joint` end to end on a tiny teacher (NSGA-II under Ray Tune, three-objective trials in
+the Optuna storage, a measured front, resume without re-running), and bad input before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import Cli, save_tiny_bert
+from helpers import run_process as run
+from test_search_cli import config
+
+from distilnas.results.pareto import dominates
+from distilnas.results.storage import open_storage
+
+JOINT = {
+    "layers": [1, 2],
+    "hidden": [16, 32],
+    "heads": [1, 2],
+    "intermediate": [32, 64],
+    "init": ["extract"],
+    "population": 4,
+    "generations": 3,
+}  # 2 widths x 2 FFN sizes x (4 + 6 mappings) = 40 students, a budget of 12
+
+
+@pytest.fixture(scope="module")
+def teacher4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("teacher4"), layers=4)
+
+
+def joint_config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path, **joint: object) -> Path:
+    data = yaml.safe_load(config(tmp_path, teacher, glue_dir, corpus_dir).read_text())
+    data["search"]["joint"] = JOINT | joint
+    data["final"] = {"latency": {"seq_len": 32, "repeats": 5}}
+    path = tmp_path / "joint.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_search_joint_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path) -> None:
+    cfg = joint_config(tmp_path, teacher4, glue_dir, corpus_dir)
+    proc = run("search", "joint", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    assert results["mode"] == "nsga2" and results["space"]["size"] == 40 and results["budget"] == 12
+    study = optuna.load_study(study_name="distilnas-joint", storage=open_storage(None, tmp_path / "run"))
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == results["evaluations"] >= 8  # generations of 4, children never evaluated twice
+    assert len({t.user_attrs["student"] for t in trials}) == len(trials)
+    assert study.metric_names == ["proxy score", "parameters", "predicted latency (ms)"]
+    assert {"layers", "hidden", "intermediate", "student_layer_1", "student_layer_2"} <= set(trials[0].params)
+    # the front: exactly the non-dominated trials (score up, parameters and predicted latency down)
+    points = {t.user_attrs["student"]: (-t.values[0], t.values[1], t.values[2]) for t in trials}
+    on_front = {s for s, p in points.items() if not any(dominates(q, p) for q in points.values())}
+    front = results["front"]
+    assert {s["student"] for s in front} == on_front
+    for s in front:
+        assert (s["params"], s["predicted_ms"]) == pytest.approx(points[s["student"]][1:])
+        assert s["measured_ms"] > 0
+    assert results["latency"]["mape_percent"] >= 0
+    volumes = [g["hypervolume"] for g in results["hypervolume"]["per_generation"]]
+    assert len(volumes) == 3 and volumes == sorted(volumes) and volumes[-1] > 0  # NSGA-II keeps its front
+    assert results["signal"]["evaluations"] == len(trials)
+    stage = tmp_path / "run" / "search-joint"
+    assert json.loads((stage / "latency.json").read_text())["seq_len"] == 32
+    resumed = run("search", "joint", str(cfg), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads(resumed.stdout)["front"][0]["student"] == front[0]["student"]
+    assert len(
+        optuna.load_study(study_name="distilnas-joint", storage=open_storage(None, tmp_path / "run")).trials
+    ) == len(study.trials)  # nothing evaluated again
+
+
+@pytest.mark.parametrize(
+    ("joint", "message"),
+    [
+        ({"hidden": [16, 64]}, "search.joint.hidden: 64 is wider than the teacher (32)"),
+        (
+            {"max_params": 1000},
+            "search.joint.max_params: 1,000 is below the smallest student (1L-16-1h-32f-extract",
+        ),
+        ({"layers": [1, 5]}, "a 5-layer student is deeper than its 4-layer teacher"),
+        ({"strategy": "exhaustive"}, "exhaustive over 40 valid students, more than the budget of 12"),
+        ({"heads": [3]}, "search.joint.heads: none divides"),
+        ({"population": 1}, "search.joint.population: Input should be greater than 1"),
+    ],
+)
+def test_search_joint_bad_input(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, cli: Cli, joint: dict, message: str
+) -> None:
+    proc = cli("search", "joint", joint_config(tmp_path, teacher4, glue_dir, corpus_dir, **joint))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing written
