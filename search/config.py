@@ -152,12 +152,16 @@ class FinalConfig(Strict):
     """The final stage: chosen students fully distilled and scored on these GLUE tasks."""
 
     tasks: list[TaskName] = Field(["mrpc", "rte", "sst2"], min_length=1)
-    students: list[Literal["searched", "uniform", "last", "supernet"]] = Field(
+    students: list[Literal["searched", "uniform", "last", "supernet", "joint"]] = Field(
         ["searched", "uniform", "last"], min_length=1
     )
     """Which students: the mapping search's best, the uniform and last-layers baselines (all shaped as
-    ``distill.student``), and ``supernet``: every student on the supernet search's front (run first when
-    it has not finished), distilled from its inherited weights at its block boundaries."""
+    ``distill.student``); ``supernet``: every student on the supernet search's front (run first when
+    it has not finished), distilled from its inherited weights at its block boundaries; ``joint``: students
+    of the joint search's front (run first when it has not finished), each with its searched mapping."""
+    joint_front: int = Field(4, gt=0)
+    """At most this many of the joint search's front, spread over its sizes (the smallest and the largest
+    included)."""
     latency: LatencyConfig = LatencyConfig()
     export_front: bool = True
     """Export only the Pareto front (else every final student)."""

@@ -1,11 +1,12 @@
-"""``distilnas run``: teacher → proxies → mapping and/or supernet search → final distillation → table →
+"""``distilnas run``: teacher → proxies → mapping, joint and/or supernet search → final distillation → table →
 exports → report.
 
 Each stage is skipped when its outputs exist and belong to this config: the fine-tuned teachers come from
 the cache, a finished mapping or supernet search from its ``results.json``, finished final trials from the
 run's Optuna storage and their saved models, exports that this run already wrote are kept. The run folder
 (``output_dir``) records its config and hash in ``config.json``; ``--resume`` with another config is
-refused. A search runs only when ``final.students`` asks for its students (``searched``, ``supernet``).
+refused. A search runs only when ``final.students`` asks for its students (``searched``, ``joint``,
+``supernet``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from distilnas.results.table import front_hypervolume, results_table, write_tabl
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import Folder, RunFolder
 from distilnas.search.stages.final import run_final, scored
+from distilnas.search.stages.joint import run_joint_search
 from distilnas.search.stages.mapping import run_mapping_search
 from distilnas.search.stages.supernet import run_supernet_search
 from distilnas.search.tune import init_ray
@@ -90,6 +92,9 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = Non
     if "searched" in cfg.final.students:
         log.info("stage 2/4: layer-mapping search")
         search = search_stage(cfg, run.mapping, run_mapping_search, address)
+    if "joint" in cfg.final.students:
+        log.info("stage 2/4: joint search of shape and mapping")
+        search_stage(cfg, run.joint, run_joint_search, address)
     if "supernet" in cfg.final.students:
         log.info("stage 2/4: architecture (supernet) search")
         search_stage(cfg, run.supernet, run_supernet_search, address)

@@ -280,6 +280,12 @@ def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> Non
     RunFolder.of(cfg).joint.check(cfg, resume)
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
+    joint_budgets(cfg, tcfg)
+    proxy_inputs(cfg, tcfg, address)
+
+
+def joint_budgets(cfg: RunConfig, tcfg: PretrainedConfig) -> None:
+    """The joint space, its strategy and its parameter budget (the latency budget needs the table)."""
     space = joint_space(cfg, tcfg)
     j = cfg.search.joint
     if j.strategy == "exhaustive" and space.size() > j.budget:
@@ -293,7 +299,6 @@ def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> Non
             f"search.joint.max_params: {j.max_params:,} is below the smallest student "
             f"({space.describe(smallest)}, {space.params(smallest):,} parameters)"
         )
-    proxy_inputs(cfg, tcfg, address)
 
 
 def proxy_inputs(cfg: RunConfig, tcfg: PretrainedConfig, address: str | None) -> None:
@@ -344,10 +349,13 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
         )
     ]
     caches += task_caches(cfg, cfg.final.tasks, cfg.distill.train_limit, spec)
-    if "searched" in cfg.final.students:
-        mapping_space(cfg, tcfg)
+    if "joint" in cfg.final.students:
+        joint_budgets(cfg, tcfg)
+    if "searched" in cfg.final.students or "joint" in cfg.final.students:
+        if "searched" in cfg.final.students:
+            mapping_space(cfg, tcfg)
         splits(cfg, "proxy.tasks", cfg.proxy.tasks)
-        if not run.mapping.finished:
+        if not (run.mapping.finished and run.joint.finished):
             caches.append(
                 corpus_cache(
                     texts,
@@ -359,7 +367,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
             )
     if "supernet" in cfg.final.students:
         checked_space(cfg)
-    for stage in (run.mapping, run.supernet):
+    for stage in (run.mapping, run.joint, run.supernet):
         if stage.started:
             stage.check_inputs(cfg)  # reused or resumed only when made from the same inputs
     storage(cfg.storage.url)

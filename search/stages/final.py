@@ -1,7 +1,8 @@
 """The final stage: the chosen students fully distilled and scored on GLUE, as Ray Tune trials.
 
-Each student (the mapping search's winner and its baselines, uniform and last-layers; the supernet
-search's front students, from their inherited weights) gets one general distillation trial on the
+Each student (the mapping search's winner and its baselines, uniform and last-layers; the joint search's
+front students at their shapes, with their mappings; the supernet search's front students, from their
+inherited weights) gets one general distillation trial on the
 corpus, then one trial per GLUE task: TinyBERT's task distillation from the fine-tuned teacher, dev
 scores and test-set predictions. Trials run the one distillation recipe
 (:class:`~distilnas.distill.recipes.Distillation`). A task trial starts once its student's general trial
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from transformers import AutoConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from distilnas.distill.config import DistillConfig
 from distilnas.distill.corpus import load_corpus
@@ -39,6 +40,7 @@ from distilnas.results.records import ExportSource, Measured, ModelResult, Prove
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.tune import Job, JobSearcher, Recorder, init_ray, run_trials
+from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def chosen_students(
     spec = student_spec(s, tcfg)
     wanted: list[tuple[str, LayerMapping]] = []  # (origin, mapping)
     for kind in cfg.final.students:
-        if kind == "supernet":
+        if kind in ("supernet", "joint"):
             continue  # added after the mapping students, below
         if kind == "searched":
             best = (mapping_results or {}).get("best")
@@ -64,7 +66,7 @@ def chosen_students(
             wanted.append((kind, LayerMapping.from_string(best["mapping"], n)))
         elif kind == "uniform":
             wanted.append((kind, LayerMapping.uniform(s.layers, n)))
-        else:
+        elif kind == "last":
             wanted.append((kind, LayerMapping.last(s.layers, n)))
     students: dict[str, StudentRecord] = {}
     for origin, mapping in wanted:
@@ -74,7 +76,36 @@ def chosen_students(
             continue
         students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
     nas = supernet_students(cfg, run, n) if "supernet" in cfg.final.students else []
-    return [*students.values(), *nas]
+    joint = joint_students(cfg, run, tcfg) if "joint" in cfg.final.students else []
+    return [*students.values(), *joint, *nas]
+
+
+def spread(items: list[Any], k: int) -> list[Any]:
+    """At most ``k`` of ``items`` (ordered by size), evenly spaced, the first and the last included."""
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def joint_students(cfg: RunConfig, run: RunFolder, tcfg: PretrainedConfig) -> list[StudentRecord]:
+    """Students of the joint search's front (of a search made from this config's inputs), at most
+    ``final.joint_front``, spread over their sizes; each at its shape and start, with its mapping."""
+    stage = run.joint
+    if not stage.finished:
+        raise UserError("final.students: 'joint' needs a finished joint search")
+    stage.check_inputs(cfg)
+    front = sorted(stage.results()["front"], key=lambda s: (s["params"], s["student"]))
+    out = []
+    for found in spread(front, cfg.final.joint_front):
+        c = JointCandidate.parse(found["student"], int(tcfg.num_hidden_layers))
+        s = c.shape
+        sizes = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "intermediate": s.intermediate}
+        spec = student_spec(cfg.distill.student.model_copy(update={**sizes, "init": c.init}), tcfg)
+        name = f"{s.layers}L-{s.hidden}-{s.intermediate}f_joint"
+        out.append(StudentRecord(name, spec, c.init, str(c.mapping), ["joint"]))
+    return out
 
 
 def supernet_students(cfg: RunConfig, run: RunFolder, teacher_layers: int) -> list[StudentRecord]:

@@ -69,7 +69,7 @@ def latency_table(cfg: RunConfig, space: JointSpace, stage: Folder) -> BertLaten
         if table.matches(cfg.final.latency):
             return table
         log.info("%s was timed at another setting or device: timing it again", path)
-    widths = {(h, k, f) for h in space.hidden for k in space.heads for f in space.intermediate if h % k == 0}
+    widths = {(space.hidden[h], space.heads[k], space.intermediate[f]) for h, k, f, _ in space.allowed}
     return measure_bert_table(widths, space.teacher, cfg.final.latency)
 
 

@@ -1,9 +1,17 @@
-"""The final stage's plan and its searcher: dependencies, interleaving, skipping, resuming."""
+"""The final stage's students, its plan and its searcher: dependencies, interleaving, skipping, resuming."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from helpers import save_tiny_bert
+
+from distilnas.distill.errors import UserError
 from distilnas.distill.students import StudentRecord, StudentSpec
-from distilnas.search.stages.final import plan
+from distilnas.search.config import parse_config
+from distilnas.search.rundir import RunFolder
+from distilnas.search.stages.final import chosen_students, plan, spread
 from distilnas.search.tune import JobSearcher
 
 
@@ -54,3 +62,35 @@ def test_a_failed_job_is_tried_again_then_counts_as_failed() -> None:
     assert resumed.suggest("u1")["job"] == "a/general"
     spent = JobSearcher(jobs, {}, lambda j, o, w: None, failures={"a/general": 2}, retries=1)
     assert spent.suggest("v1") == "FINISHED"
+
+
+def test_spread_keeps_the_ends_and_spaces_the_rest() -> None:
+    assert spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert spread([1, 2], 4) == [1, 2] and spread([5, 6, 7], 1) == [5]
+
+
+def test_joint_students_come_from_the_front_of_this_configs_search(tmp_path: Path) -> None:
+    teacher = save_tiny_bert(tmp_path / "teacher", layers=4)
+    cfg = parse_config(
+        {
+            "teacher": {"name": str(teacher)},
+            "distill": {"student": {"layers": 2, "init": "extract", "importance_batches": 3}},
+            "final": {"students": ["uniform", "joint"], "joint_front": 2},
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    run = RunFolder.of(cfg)
+    with pytest.raises(UserError, match="'joint' needs a finished joint search"):
+        chosen_students(cfg, run, None)
+    front = ["1L-16-1h-32f-extract:4/4", "2L-16-1h-64f-extract:2,4/4", "2L-32-2h-64f-random:1,4/4"]
+    run.joint.record(cfg)
+    run.joint.write_results({"front": [{"student": s, "params": 10 * i} for i, s in enumerate(front)]})
+    chosen = chosen_students(cfg, run, None)
+    assert [s.name for s in chosen] == ["2L-32_uniform", "1L-16-32f_joint", "2L-32-64f_joint"]
+    small, large = chosen[1], chosen[2]
+    assert (small.spec.layers, small.spec.hidden, small.spec.heads, small.spec.intermediate) == (1, 16, 1, 32)
+    assert (small.init, small.mapping, small.origin) == ("extract", "4/4", ["joint"])
+    assert (large.init, large.mapping, large.spec.hidden) == ("random", "1,4/4", 32)
+    other = parse_config({**cfg.model_dump(mode="json"), "seed": 5})
+    with pytest.raises(UserError, match="search-joint was made with seed=0; this config has 5"):
+        chosen_students(other, run, None)
