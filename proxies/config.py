@@ -20,6 +20,11 @@ class ProxyConfig(Strict):
     """Optimizer steps of general distillation on the corpus sample."""
     task_steps: int = Field(200, gt=0)
     """Optimizer steps of fine-tuning or task distillation on each proxy task."""
+    rungs: int = Field(1, ge=1)
+    """Successive halving: rungs of proxy budget (1: none). Rung r trains ``eta ** (rungs - 1 - r)`` times
+    fewer steps than the budgets above; the best ``1 / eta`` of each rung are promoted to the next."""
+    eta: int = Field(3, ge=2)
+    """Successive halving's rate: each rung keeps a 1/eta of the candidates, at eta times the steps."""
 
 
 class FidelityConfig(Strict):

@@ -30,6 +30,7 @@ from distilnas.distill.students import StudentRecord, student_spec
 from distilnas.proxies.config import ProxyConfig
 from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
+from distilnas.spaces.rungs import rung_steps, split_rung
 
 
 @dataclass
@@ -48,12 +49,13 @@ class PreparedProxy:
     def from_json(cls, data: dict[str, Any]) -> PreparedProxy:
         return cls(PreparedData.from_json(data["data"]), data["distill"], data["proxy"], data["mode"])
 
-    @property
-    def budget(self) -> Budget:
+    def budget(self, rung: int | None = None) -> Budget:
+        """The proxy's step budgets, at ``rung`` of successive halving (None: the full proxy)."""
         proxy = ProxyConfig.model_validate(self.proxy)
+        task = rung_steps(proxy.task_steps, rung, proxy.rungs, proxy.eta)
         if self.mode == "task-agnostic":
-            return Budget(proxy.general_steps, proxy.task_steps, "finetune")
-        return Budget(None, proxy.task_steps, "distil")
+            return Budget(rung_steps(proxy.general_steps, rung, proxy.rungs, proxy.eta), task, "finetune")
+        return Budget(None, task, "distil")
 
 
 def prepare_proxy(
@@ -95,14 +97,16 @@ class MappingFitness:
         return student, LayerMapping.from_string(text, self.prepared.data.teacher_layers)
 
     def __call__(self, text: str) -> dict[str, float]:
+        """Scores of a candidate's text (``@r<rung>`` appended: at that rung's budget)."""
         p = self.prepared
         config = DistillConfig.model_validate(p.distill)
+        text, rung = split_rung(text)
         student, mapping = self.candidate(text, config.student)
         spec = student_spec(student, AutoConfig.from_pretrained(p.data.teacher))
         spec = spec.kind.proxy_form(spec)
         record = StudentRecord(spec.name, spec, student.init, str(mapping))
         tasks = [t.name for t in p.data.tasks]
-        outcomes = distil(record, mapping.pairs(), p.data, config, tasks, budget=p.budget)
+        outcomes = distil(record, mapping.pairs(), p.data, config, tasks, budget=p.budget(rung))
         scores = {name: float(o["score"]) for name, o in outcomes.items()}
         scores["fitness"] = sum(scores.values()) / len(scores)
         return scores

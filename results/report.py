@@ -177,6 +177,7 @@ class SearchTrial:
     """One evaluated mapping, as the search report shows it."""
 
     mapping: str
+    rung: int | None  # of successive halving (None: the proxy has no rungs)
     fitness: float
     source: str | None
 
@@ -197,7 +198,10 @@ def write_search_report(path: Path, results: dict[str, Any], trials: list[Search
         go.Heatmap(
             z=z,
             x=[f"student layer {i + 1}" for i in range(layers)],
-            y=[f"{t.mapping} ({t.fitness:.2f}, {t.source})" for t in trials],
+            y=[
+                f"{t.mapping} ({t.fitness:.2f}, {t.source}{'' if t.rung is None else f', rung {t.rung}'})"
+                for t in trials
+            ],
             colorscale="Viridis",
             colorbar={"title": "teacher layer"},
         ),

@@ -17,13 +17,14 @@ from typing import Any
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json, fingerprint
-from distilnas.proxies.agreement import choose, rank_agreement
+from distilnas.proxies.agreement import Candidate, choose, rank_agreement
 from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
 from distilnas.search.config import RunConfig, load_config
 from distilnas.search.rundir import Folder, RunFolder
 from distilnas.search.stages.mapping import mapping_space, search_with
 from distilnas.search.strategies import FixedSearch
 from distilnas.search.tune import Recorder, init_ray
+from distilnas.spaces.rungs import split_rung
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,11 @@ def run_fidelity(
     if run.studies.mapping not in {s.study_name for s in storage.get_all_studies()}:
         raise UserError(f"{stage.path}: no mapping-search trials in its storage")
     searched = Recorder(storage, run.studies.mapping)
-    proxy_scores = {
-        t.user_attrs["mapping"]: float(t.value) for t in searched.complete() if t.value is not None
-    }
+    per_rung: dict[int, dict[str, float]] = {}  # successive halving's rungs (the top one: the full proxy)
+    for t in searched.complete():
+        text, rung = split_rung(t.user_attrs["mapping"])
+        per_rung.setdefault(cfg.proxy.rungs - 1 if rung is None else rung, {})[text] = float(t.values[0])
+    proxy_scores = per_rung.get(cfg.proxy.rungs - 1, {})
     candidates = choose(proxy_scores, top, n_random, cfg.seed)
     if len(candidates) < 3:
         raise UserError(f"{stage.path}: only {len(proxy_scores)} mappings were scored; fidelity needs 3")
@@ -117,9 +120,28 @@ def run_fidelity(
             for c in candidates
         ],
         **rank_agreement([c.proxy for c in scored], [c.full for c in scored if c.full is not None]),
+        "rungs": [
+            {
+                "rung": r,
+                "candidates": len(both := [c for c in scored if c.text in scores]),
+                **rank_agreement(
+                    [scores[c.text] for c in both], [c.full for c in both if c.full is not None]
+                ),
+            }
+            for r, scores in sorted(per_rung.items())
+        ],
         "proxy_best_is_full_best": max(scored, key=lambda c: c.proxy)
         is max(scored, key=lambda c: c.full or 0),
         "ray": searcher.overhead(),
     }
     atomic_write_json(stage / "fidelity.json", results)
     return results
+
+
+def rung_agreement(rung: int, scores: dict[str, float], scored: list[Candidate]) -> dict[str, Any]:
+    """How a rung's proxy scores rank the candidates the full setting scored (at least 3 needed)."""
+    both = [c for c in scored if c.text in scores and c.full is not None]
+    agreement = rank_agreement([scores[c.text] for c in both], [float(c.full or 0.0) for c in both])
+    if len(both) < 3:
+        agreement = dict.fromkeys(agreement)
+    return {"rung": rung, "candidates": len(both), **agreement}

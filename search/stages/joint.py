@@ -32,9 +32,19 @@ from distilnas.proxies.mapping_fitness import JointFitness, prepare_proxy
 from distilnas.results.pareto import hypervolume, non_dominated_sort
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import Folder, RunFolder
-from distilnas.search.stages.mapping import search_with, signal
-from distilnas.search.strategies import NSGA2Search, Strategy, exhaustive, key, wrap
+from distilnas.search.stages.mapping import halved, search_with, signal
+from distilnas.search.strategies import (
+    FAILED,
+    Constrained,
+    Halving,
+    NSGA2Search,
+    Strategy,
+    exhaustive,
+    genome_of,
+    wrap,
+)
 from distilnas.search.strategies.fixed import FixedSearch
+from distilnas.search.strategies.middleware import Middleware
 from distilnas.search.tune import Recorder, init_ray
 from distilnas.spaces.base import Genome
 from distilnas.spaces.joint_space import JointSpace
@@ -81,6 +91,25 @@ class Costs:
 
     def __call__(self, genome: Genome) -> tuple[float, float]:
         return float(self.space.params(genome)), self.table.predict(self.space.decode(genome).shape)
+
+
+class Untagged:
+    """Costs of a rung-tagged genome (the rung costs nothing)."""
+
+    def __init__(self, costs: Costs) -> None:
+        self.costs = costs
+
+    def __call__(self, genome: Sequence[int]) -> tuple[float, float]:
+        return self.costs(list(genome[:-1]))
+
+
+def rejected(lane: Strategy) -> dict[str, list[str]]:
+    """The students a budget excluded, with the budgets each broke."""
+    while isinstance(lane, Middleware):
+        if isinstance(lane, Constrained):
+            return dict(lane.rejected)
+        lane = lane.inner
+    return {}
 
 
 class Within:
@@ -163,12 +192,14 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
         mode = "nsga2"
     rules = budget_rules(cfg, costs)
     lane: Strategy = wrap(search, rules=rules) if rules else search
+    lane = halved({mode: lane}, cfg)[mode]
+    recorded = costs if cfg.proxy.rungs == 1 else Untagged(costs)
     searcher = search_with(
         {mode: lane}, recorder, JointFitness(prepared), stage.path, stage / "search_state.json", cfg.ray,
-        name="student", costs=costs,
+        name="student", costs=recorded,
     )  # fmt: skip
 
-    front = front_of(search, costs)
+    front = front_of(comparable(search, lane), costs)
     results: dict[str, Any] = {
         "mode": mode,
         "space": {"size": size, "layers": j.layers, "hidden": j.hidden, "heads": j.heads,
@@ -176,9 +207,11 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
         "budget": j.budget,
         "objectives": list(OBJECTIVES),
         "evaluations": sum(1 for v in search.memo.values() if v != float("-inf")),
-        "rejected": dict(getattr(lane, "rejected", {})),
+        "rejected": rejected(lane),
         "front": measured_front(cfg, space, costs, front),
-        "hypervolume": {"reference": REFERENCE, "per_generation": generation_volumes(search, space, costs)},
+        "hypervolume": {
+            "reference": REFERENCE, "per_generation": generation_volumes(search, lane, space, costs),
+        },
         "trials": len(searcher.known),
         "trial_seconds": searcher.seconds,
         "ray": searcher.overhead(),
@@ -195,15 +228,25 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
     return results
 
 
-def front_of(search: NSGA2Search | FixedSearch, costs: Costs) -> list[tuple[Genome, float]]:
-    """The non-dominated evaluated students (fitness up, costs down), smallest first."""
-    done = search.memo.ranked()
-    if isinstance(search, NSGA2Search):
-        on = {key(g) for g in search.front()}
-    else:
-        points = [(-f, *costs(g)) for g, f in done]
-        on = {key(done[i][0]) for i in non_dominated_sort(points)[0]} if done else set()
-    return sorted(((g, f) for g, f in done if key(g) in on), key=lambda x: (costs(x[0]), x[0]))
+def front_of(scored: list[tuple[Genome, float]], costs: Costs) -> list[tuple[Genome, float]]:
+    """The non-dominated students of ``scored`` (fitness up, costs down), smallest first."""
+    if not scored:
+        return []
+    points = [(-f, *costs(g)) for g, f in scored]
+    front = [scored[i] for i in non_dominated_sort(points)[0]]
+    return sorted(front, key=lambda x: (costs(x[0]), x[0]))
+
+
+def comparable(
+    search: NSGA2Search | FixedSearch, lane: Strategy, upto: int | None = None
+) -> list[tuple[Genome, float]]:
+    """The first ``upto`` evaluations (all: None) that did not fail and, under successive halving,
+    reached the top rung (only full-proxy scores compare)."""
+    top = lane.finalists() if isinstance(lane, Halving) else None
+    keys = list(search.memo)[:upto]
+    return [
+        (genome_of(k), search.memo[k]) for k in keys if search.memo[k] != FAILED and (top is None or k in top)
+    ]
 
 
 REFERENCE = [0.0, 1.0, 1.0]
@@ -224,22 +267,24 @@ class Normalised:
 
 
 def generation_volumes(
-    search: NSGA2Search | FixedSearch, space: JointSpace, costs: Costs
+    search: NSGA2Search | FixedSearch, lane: Strategy, space: JointSpace, costs: Costs
 ) -> list[dict[str, Any]]:
-    """The front's hypervolume after each generation (NSGA-II), or once (exhaustive)."""
+    """The front's hypervolume after each generation (NSGA-II), or once (exhaustive): the memo keeps the
+    order of evaluation, so the candidates known after a generation are its first ``evaluated``."""
     scale = Normalised(space, costs)
-    if not isinstance(search, NSGA2Search):
-        front = front_of(search, costs)
-        points = [scale(g, f) for g, f in front]
-        return [{"generation": 0, "front": len(front), "hypervolume": hypervolume(points, REFERENCE)}]
+    book = (
+        search.logbook
+        if isinstance(search, NSGA2Search)
+        else [{"generation": 0, "evaluated": len(search.memo)}]
+    )
     out = []
-    for entry in search.logbook:
-        genomes = [space.read(text) for text in entry["front"]]
-        points = [scale(g, search.memo[key(g)]) for g in genomes]
+    for entry in book:
+        front = front_of(comparable(search, lane, entry["evaluated"]), costs)
+        points = [scale(g, f) for g, f in front]
         out.append(
             {
                 "generation": entry["generation"],
-                "front": len(genomes),
+                "front": len(front),
                 "evaluated": entry["evaluated"],
                 "hypervolume": hypervolume(points, REFERENCE),
             }

@@ -18,16 +18,26 @@ from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
+from distilnas.proxies.agreement import rank_agreement
 from distilnas.proxies.chance import task_chance, uninformative
 from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
 from distilnas.results.report import SearchTrial, write_search_report
 from distilnas.search.config import RayConfig, RunConfig
 from distilnas.search.rundir import RunFolder
-from distilnas.search.strategies import FixedSearch, GeneticSearch, RandomSearch, Strategy, exhaustive, key
+from distilnas.search.strategies import (
+    FixedSearch,
+    GeneticSearch,
+    Halving,
+    RandomSearch,
+    Strategy,
+    exhaustive,
+    key,
+)
 from distilnas.search.tune import Recorder, StrategySearcher, init_ray, run_trials
 from distilnas.spaces.base import Genome
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
+from distilnas.spaces.rungs import rung_steps, split_rung
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +115,9 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
             "%d valid mappings, within the budget of %d evaluations: each evaluated once", size, scfg.budget
         )
         every = exhaustive(space, scfg.budget)
-        searcher = search_with(
-            {"baseline": base, "exhaustive": every},
-            recorder,
-            fitness,
-            stage.path,
-            stage / "search_state.json",
-            cfg.ray,
-        )
-        ranked = every.memo.ranked()
+        lanes = halved({"baseline": base, "exhaustive": every}, cfg)
+        searcher = search_with(lanes, recorder, fitness, stage.path, stage / "search_state.json", cfg.ray)
+        ranked = at_top(every.memo.ranked(), lanes)
         strategies: dict[str, Any] = {
             "exhaustive": {
                 "best": _named(space, ranked[0] if ranked else None),
@@ -144,7 +148,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     results["signal"] = signal(cfg, recorder)
     stage.write_results(results)
     trials = [
-        SearchTrial(t.user_attrs["mapping"], float(t.value or 0.0), t.user_attrs.get("source"))
+        SearchTrial(*split_rung(t.user_attrs["mapping"]), float(t.value or 0.0), t.user_attrs.get("source"))
         for t in recorder.complete()
     ]
     write_search_report(stage / "report.html", results, trials)
@@ -152,23 +156,46 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
 
 
 def signal(cfg: RunConfig, recorder: Recorder, name: str = "mapping") -> dict[str, Any]:
-    """How many of the search's evaluations are uninformative (every task at its chance level); a
-    warning when over a quarter are."""
-    chance = {t: task_chance(t, cfg.data.glue_dir) for t in cfg.proxy.tasks}
-    scores = {
-        t.user_attrs[name]: {
+    """How many of the search's evaluations are uninformative (every task at its chance level), rung by
+    rung (``rungs``; the lowest rung's figures also at the top level), with each lower rung's rank
+    agreement with the top rung; a warning when over a quarter of the lowest rung's are."""
+    p = cfg.proxy
+    chance = {t: task_chance(t, cfg.data.glue_dir) for t in p.tasks}
+    scores: dict[int, dict[str, dict[str, float]]] = {}
+    fitness: dict[int, dict[str, float]] = {}
+    for t in recorder.complete():
+        text, rung = split_rung(t.user_attrs[name])
+        r = p.rungs - 1 if rung is None else rung
+        scores.setdefault(r, {})[text] = {
             k.removeprefix("score_"): v for k, v in t.user_attrs.items() if k.startswith("score_")
         }
-        for t in recorder.complete()
-    }
-    found = uninformative(scores, chance)
+        fitness.setdefault(r, {})[text] = float(t.values[0])
+    top = fitness.get(p.rungs - 1, {})
+    rungs = []
+    for r in sorted(scores):
+        common = [c for c in fitness[r] if c in top]
+        agreement = (
+            rank_agreement([fitness[r][c] for c in common], [top[c] for c in common])
+            if r < p.rungs - 1 and len(common) >= 3
+            else {}
+        )
+        rungs.append(
+            {
+                "rung": r,
+                "general_steps": rung_steps(p.general_steps, r, p.rungs, p.eta),
+                "task_steps": rung_steps(p.task_steps, r, p.rungs, p.eta),
+                **uninformative(scores[r], chance),
+                "kendall_tau_vs_top": agreement.get("kendall_tau"),
+            }
+        )
+    found = {**(rungs[0] if rungs else uninformative({}, chance)), "rungs": rungs}
     if found["fraction"] > UNINFORMATIVE_WARNING:
-        p = cfg.proxy
         log.warning(
-            "%d of %d proxy evaluations are at chance level (%s): the proxy cannot rank them; a larger budget"
-            " should fix it (proxy.general_steps %d -> %d, proxy.task_steps %d -> %d)",
+            "%d of %d proxy evaluations%s are at chance level (%s): the proxy cannot rank them; a larger"
+            " budget should fix it (proxy.general_steps %d -> %d, proxy.task_steps %d -> %d)",
             len(found["uninformative"]),
             found["evaluations"],
+            " at the lowest rung" if len(rungs) > 1 else "",
             ", ".join(f"{t} {c.threshold:.2f}" for t, c in chance.items()),
             p.general_steps,
             2 * p.general_steps,
@@ -176,6 +203,27 @@ def signal(cfg: RunConfig, recorder: Recorder, name: str = "mapping") -> dict[st
             2 * p.task_steps,
         )
     return found
+
+
+def at_top(ranked: list[tuple[Genome, float]], lanes: dict[str, Strategy]) -> list[tuple[Genome, float]]:
+    """``ranked`` less the candidates that never reached the top rung (their scores, at fewer steps, do
+    not compare); all of it without rungs."""
+    halving = [lane for lane in lanes.values() if isinstance(lane, Halving)]
+    if not halving:
+        return ranked
+    top = set().union(*(lane.finalists() for lane in halving))
+    return [(g, f) for g, f in ranked if key(g) in top]
+
+
+def halved(lanes: dict[str, Strategy], cfg: RunConfig) -> dict[str, Strategy]:
+    """Every lane under successive halving when the proxy has rungs (the baselines only at the top)."""
+    p = cfg.proxy
+    if p.rungs == 1:
+        return lanes
+    return {
+        name: Halving(lane, p.rungs, p.eta, first=p.rungs - 1 if name == "baseline" else 0)
+        for name, lane in lanes.items()
+    }
 
 
 def _genetic(
@@ -204,17 +252,19 @@ def _genetic(
     rnd = RandomSearch(space, ga, cfg.seed + 1)
     if scfg.random_baseline:
         lanes["random"] = rnd
+    lanes = halved(lanes, cfg)
     searcher = search_with(lanes, recorder, fitness, folder, folder / "search_state.json", cfg.ray)
+    hall = at_top(ga.hall_of_fame(), lanes)
     found: dict[str, Any] = {
         "ga": {
-            "best": _named(space, ga.best()),
-            "hall_of_fame": [_named(space, x) for x in ga.hall_of_fame()[: max(scfg.hall_of_fame, 5)]],
+            "best": _named(space, hall[0] if hall else None),
+            "hall_of_fame": [_named(space, x) for x in hall[: max(scfg.hall_of_fame, 5)]],
             "logbook": ga.logbook,
             "evaluations": len(ga.memo),
         }
     }
     if scfg.random_baseline:
-        ranked = rnd.ranked()
+        ranked = at_top(rnd.ranked(), lanes)
         found["random"] = {"best": _named(space, ranked[0]) if ranked else None, "evaluations": len(rnd.memo)}
     return searcher, found
 

@@ -1,5 +1,5 @@
 """Search strategies over any :class:`~distilnas.spaces.base.SearchSpace`, driven by ask / tell, and the
-middleware that wraps them (de-duplication, constraints, retries).
+middleware that wraps them (de-duplication, constraints, retries, successive halving).
 
 ``STRATEGIES`` names each strategy's builder: ``STRATEGIES[name](space, budget, seed)`` makes one that
 spends about ``budget`` evaluations.
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from distilnas.search.strategies.base import FAILED, Memo, Strategy, genome_of, key
 from distilnas.search.strategies.fixed import FixedSearch, exhaustive
 from distilnas.search.strategies.ga import GeneticSearch
+from distilnas.search.strategies.halving import Halving
 from distilnas.search.strategies.middleware import Constrained, Deduplicated, Evaluations, Retried, wrap
 from distilnas.search.strategies.nsga2 import NSGA2Search
 from distilnas.search.strategies.random import RandomSearch, random_genomes
@@ -33,6 +34,7 @@ __all__ = [
     "Evaluations",
     "FixedSearch",
     "GeneticSearch",
+    "Halving",
     "Memo",
     "NSGA2Search",
     "RandomSearch",

@@ -39,10 +39,10 @@ def test_run_report_holds_every_figure_once(tmp_path: Path) -> None:
 
 
 def test_search_report_shows_every_mapping_tried(tmp_path: Path) -> None:
-    trials = [SearchTrial("3,4/4", 63.0, "ga"), SearchTrial("1,-/4", 58.0, "random")]
+    trials = [SearchTrial("3,4/4", None, 63.0, "ga"), SearchTrial("1,-/4", 1, 58.0, "random")]
     html = write_search_report(tmp_path / "s.html", SEARCH, trials).read_text()
     shown = html.replace("\\u002f", "/")  # plotly escapes the slash in its JSON
-    assert "3,4/4 (63.00, ga)" in shown and "1,-/4 (58.00, random)" in shown
+    assert "3,4/4 (63.00, ga)" in shown and "1,-/4 (58.00, random, rung 1)" in shown
     assert "GA convergence" in html
 
 
@@ -55,7 +55,7 @@ def test_exhaustive_search_report_ranks_every_mapping(tmp_path: Path) -> None:
         "baselines": {"uniform": 60.0, "last": 63.0},
         "exhaustive": {"best": ranked[0], "ranked": ranked, "evaluations": 2},
     }
-    trials = [SearchTrial(r["mapping"], r["fitness"], "exhaustive") for r in ranked]
+    trials = [SearchTrial(r["mapping"], None, r["fitness"], "exhaustive") for r in ranked]
     html = write_search_report(tmp_path / "s.html", search, trials).read_text()
     assert "every valid mapping" in html and "GA convergence" not in html
     assert "2,4/4 (60.00, exhaustive)" in html.replace("\\u002f", "/")

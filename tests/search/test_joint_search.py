@@ -96,3 +96,34 @@ def test_search_joint_bad_input(
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_search_joint_with_successive_halving(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """Two rungs, eta 2: each generation's 4 children at rung 0 (half the steps), the best 2 at rung 1."""
+    cfg = joint_config(tmp_path, teacher4, glue_dir, corpus_dir, generations=2)
+    data = yaml.safe_load(cfg.read_text())
+    data["proxy"] |= {"rungs": 2, "eta": 2, "general_steps": 4, "task_steps": 4}
+    cfg.write_text(yaml.safe_dump(data))
+    proc = run("search", "joint", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    study = optuna.load_study(study_name="distilnas-joint", storage=open_storage(None, tmp_path / "run"))
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    by_rung = {r: [t for t in trials if t.params["rung"] == r] for r in (0, 1)}
+    for generation in (0, 1):
+        zero = [t for t in by_rung[0] if t.user_attrs["generation"] == generation]
+        one = [t for t in by_rung[1] if t.user_attrs["generation"] == generation]
+        assert len(one) == -(-len(zero) // 2)  # ceil(n / eta)
+        promoted = {t.user_attrs["student"].removesuffix("@r1") for t in one}
+        at_zero = {t.user_attrs["student"].removesuffix("@r0"): t.values[0] for t in zero}
+        assert promoted <= set(at_zero)  # the best of rung 0 (ties broken by genome)
+        assert min(at_zero[s] for s in promoted) >= max(v for s, v in at_zero.items() if s not in promoted)
+    finalists = {t.user_attrs["student"].removesuffix("@r1") for t in by_rung[1]}
+    assert {s["student"] for s in results["front"]} <= finalists  # only full-proxy scores compare
+    rungs = results["signal"]["rungs"]
+    assert [(r["rung"], r["task_steps"], r["evaluations"]) for r in rungs] == [
+        (0, 2, len(by_rung[0])),
+        (1, 4, len(by_rung[1])),
+    ]

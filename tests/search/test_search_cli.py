@@ -149,6 +149,31 @@ def test_search_mapping_runs_the_ga_where_the_space_exceeds_the_budget(
     assert json.loads(resumed.stdout)["ga"] == results["ga"]
 
 
+def test_search_mapping_with_rungs_and_fidelity_per_rung(
+    teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """6 mappings at rung 0 (a third of the steps), the best 2 at rung 1 with the baselines; fidelity
+    ranks each rung against the full setting."""
+    cfg = config(tmp_path, teacher4, glue_dir, corpus_dir)
+    data = yaml.safe_load(cfg.read_text())
+    data["proxy"] |= {"rungs": 2, "eta": 3, "general_steps": 3, "task_steps": 3}
+    cfg.write_text(yaml.safe_dump(data))
+    proc = run("search", "mapping", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    study = optuna.load_study(study_name="distilnas-mapping", storage=open_storage(None, tmp_path / "run"))
+    texts = sorted(t.user_attrs["mapping"] for t in study.trials)
+    assert sum(t.endswith("@r0") for t in texts) == 6
+    top = {t.removesuffix("@r1") for t in texts if t.endswith("@r1")}
+    assert {"2,4/4", "3,4/4"} <= top and len(top) <= 2 + 2  # the baselines, and ceil(6 / 3) promoted
+    assert results["best"]["mapping"] in top  # chosen among full-proxy scores only
+    assert [r["task_steps"] for r in results["signal"]["rungs"]] == [1, 3]
+    fid = run("fidelity", str(tmp_path / "run"), "--top", "2", "--random", "1", "--json")
+    assert fid.returncode == 0, fid.stderr[-4000:]
+    rungs = json.loads(fid.stdout)["rungs"]
+    assert [r["rung"] for r in rungs] == [0, 1] and rungs[1]["candidates"] == 3
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
