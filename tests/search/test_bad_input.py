@@ -126,6 +126,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 Case = Callable[[World], list[str | Path]]
+JOINT = {"layers": [1], "hidden": [TEACHER_HIDDEN], "heads": [2], "intermediate": [16]}  # a valid joint space
 CASES: dict[str, tuple[Case, str]] = {
     # config fields and types
     "unknown task": (
@@ -156,6 +157,44 @@ CASES: dict[str, tuple[Case, str]] = {
             w.config_with("p.yaml", search__mapping={"population": 2, "tournament": 3}),
         ],
         "smaller than the tournament (3)",
+    ),
+    "eta below 2": (
+        lambda w: ["search", "mapping", w.config_with("eta.yaml", proxy={"rungs": 2, "eta": 1})],
+        "proxy.eta: Input should be greater than or equal to 2",
+    ),
+    "exhaustive over a space above the budget": (
+        lambda w: [
+            "search",
+            "mapping",
+            w.config_with(
+                "ex.yaml",
+                distill__student__layers=1,
+                search__mapping={
+                    "population": 2,
+                    "generations": 1,
+                    "tournament": 2,
+                    "constraints": [],
+                    "random_baseline": False,
+                    "strategy": "exhaustive",
+                },
+            ),
+        ],
+        "search.mapping.strategy: exhaustive over 3 valid mappings, more than the budget of 2",
+    ),
+    "joint student wider than the teacher": (
+        lambda w: ["search", "joint", w.config_with("jw.yaml", search__joint={"hidden": [16, 4096]})],
+        "search.joint.hidden: 4096 is wider than the teacher",
+    ),
+    "joint budget no student meets": (
+        lambda w: ["search", "joint", w.config_with("jb.yaml", search__joint={**JOINT, "max_params": 10})],
+        "search.joint.max_params: 10 is below the smallest student",
+    ),
+    "joint final without a joint space": (
+        lambda w: [
+            "run",
+            w.config_with("jf.yaml", final__students=["joint"], search__joint={**JOINT, "heads": [7]}),
+        ],
+        "search.joint.heads: none divides",
     ),
     "bad teacher override": (
         lambda w: ["run", w.config_with("o.yaml", teacher__overrides={"rte": {"epochs": -1}})],
