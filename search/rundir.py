@@ -92,8 +92,10 @@ class Studies:
     def mapping(self) -> str:
         return self.name("mapping")
 
-    def fidelity(self, setting: str) -> str:
-        return self.name("fidelity", setting)
+    def fidelity(self, setting: str, search: str = "mapping") -> str:
+        return (
+            self.name("fidelity", setting) if search == "mapping" else self.name("fidelity", search, setting)
+        )
 
     @property
     def final(self) -> str:

@@ -129,14 +129,18 @@ def supernet_search(results: dict[str, Any]) -> Table:
 
 
 def mapping_fidelity(results: dict[str, Any]) -> Table:
+    name = "student" if results.get("search") == "joint" else "mapping"
+    rungs = [r for r in results.get("rungs", []) if len(results.get("rungs", [])) > 1]
+    per_rung = "; ".join(f"rung {r['rung']} tau {fmt(r['kendall_tau'], 'undefined')}" for r in rungs)
     table = Table(
         title=f"proxy fidelity: Kendall tau {fmt(results['kendall_tau'], 'undefined (ties)')}, "
-        f"Spearman rho {fmt(results['spearman_rho'])} ({len(results['candidates'])} mappings)"
+        f"Spearman rho {fmt(results['spearman_rho'])} ({len(results['candidates'])} {name}s)"
+        + (f"; {per_rung}" if per_rung else "")
     )
-    for col in ("mapping", "chosen", "proxy", "full"):
+    for col in (name, "chosen", "proxy", "full"):
         table.add_column(col)
     for c in results["candidates"]:
-        table.add_row(c["mapping"], c["chosen"], fmt(c["proxy"]), fmt(c["full"], "failed"))
+        table.add_row(c[name], c["chosen"], fmt(c["proxy"]), fmt(c["full"], "failed"))
     return table
 
 

@@ -136,18 +136,19 @@ def fidelity(
     stage: Annotated[
         str,
         typer.Option(
-            help="mapping: the layer-mapping search's proxy; supernet: the supernet's inherited weights "
-            "against students distilled alone."
+            help="mapping: the layer-mapping search's proxy; joint: the joint search's; supernet: the "
+            "supernet's inherited weights against students distilled alone."
         ),
     ] = "mapping",
     as_json: JsonOpt = False,
 ) -> None:
     """Check a search's cheap scores against expensive ones and report Kendall tau and Spearman rho.
 
-    mapping: re-score mapping-search candidates in the full setting (the config's `fidelity` section: more
-    corpus, whole task training sets). supernet: distil re-scored students alone from their initial
-    weights (`fidelity.general_steps`) and fine-tune them on the `fidelity` tasks. Trials land in the
-    run's Optuna storage; running it again continues where it stopped."""
+    mapping (or joint): re-score the search's candidates in the full setting (the config's `fidelity`
+    section: more corpus, whole task training sets), overall and per rung of successive halving.
+    supernet: distil re-scored students alone from their initial weights (`fidelity.general_steps`) and
+    fine-tune them on the `fidelity` tasks. Trials land in the run's Optuna storage; running it again
+    continues where it stopped."""
     folder = RunFolder(run)
     if stage == "supernet":
         if config is not None:
@@ -157,11 +158,12 @@ def fidelity(
             results = run_supernet_fidelity(run, top, random_k, address)
         emit(results, as_json, render.supernet_fidelity(results))
         return
-    if stage != "mapping":
-        raise UserError(f"--stage {stage!r}: choose mapping or supernet")
-    setup_logging(folder.mapping / "fidelity.log" if folder.mapping.path.is_dir() else None)
+    if stage not in ("mapping", "joint"):
+        raise UserError(f"--stage {stage!r}: choose mapping, joint or supernet")
+    searched = folder.joint if stage == "joint" else folder.mapping
+    setup_logging(searched / "fidelity.log" if searched.path.is_dir() else None)
     with stdout_to_stderr():
-        results = run_fidelity(run, top, random_k, address, config)
+        results = run_fidelity(run, top, random_k, address, config, stage)
     emit(results, as_json, render.mapping_fidelity(results))
 
 

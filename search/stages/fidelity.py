@@ -1,10 +1,12 @@
-"""Fidelity of the mapping search's proxy: do proxy scores rank mappings as the full setting does?
+"""Fidelity of a search's proxy: do proxy scores rank candidates as the full setting does?
 
-``distilnas fidelity RUN --top K --random K`` takes the K best mappings of a finished mapping search and K
+``distilnas fidelity RUN --top K --random K [--stage mapping|joint]`` takes the K best candidates (mappings;
+or students with their mappings) of a finished mapping (or joint) search and K
 others drawn (seeded) from the rest of what it evaluated, re-scores them in the full setting (the config's
 ``fidelity`` section: more corpus, the whole task training sets, larger step budgets) as Ray Tune trials
 recorded in the run's Optuna storage (study ``<prefix>-fidelity-<setting hash>``), and reports Kendall's
-tau and Spearman's rho between the proxy and full scores (:mod:`distilnas.proxies.agreement`).
+tau and Spearman's rho between the proxy and full scores (:mod:`distilnas.proxies.agreement`), overall and
+for each rung of successive halving.
 Re-running continues: finished candidates are taken from the storage.
 """
 
@@ -18,23 +20,32 @@ from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json, fingerprint
 from distilnas.proxies.agreement import Candidate, choose, rank_agreement
-from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
+from distilnas.proxies.mapping_fitness import JointFitness, MappingFitness, prepare_proxy
 from distilnas.search.config import RunConfig, load_config
 from distilnas.search.rundir import Folder, RunFolder
+from distilnas.search.stages.joint import joint_space
 from distilnas.search.stages.mapping import mapping_space, search_with
 from distilnas.search.strategies import FixedSearch
 from distilnas.search.tune import Recorder, init_ray
+from distilnas.spaces.joint_space import JointSpace
+from distilnas.spaces.mapping_space import MappingSpace
 from distilnas.spaces.rungs import split_rung
 
 log = logging.getLogger(__name__)
 
 
-def mapping_stage(run_dir: Path) -> tuple[RunFolder, Folder]:
-    """The run folder and its mapping search's folder (``run_dir`` may be either)."""
+KINDS = {"mapping": "mapping", "joint": "student"}
+"""The searches whose proxy ``fidelity`` checks, and the attribute their trials name a candidate by."""
+
+
+def searched_stage(run_dir: Path, kind: str = "mapping") -> tuple[RunFolder, Folder]:
+    """The run folder and its ``kind`` search's folder (``run_dir`` may be either)."""
     for run in (RunFolder(run_dir), RunFolder(run_dir.parent)):
-        if run.mapping.started and run_dir.resolve() in (run.path.resolve(), run.mapping.path.resolve()):
-            return run, run.mapping
-    raise UserError(f"{run_dir}: not a mapping-search run folder (no search-mapping/config.json)")
+        stage = run.joint if kind == "joint" else run.mapping
+        if stage.started and run_dir.resolve() in (run.path.resolve(), stage.path.resolve()):
+            return run, stage
+    folder = "search-joint" if kind == "joint" else "search-mapping"
+    raise UserError(f"{run_dir}: not a {kind}-search run folder (no {folder}/config.json)")
 
 
 def run_config(stage: Folder, config: Path | None) -> RunConfig:
@@ -52,22 +63,34 @@ def run_config(stage: Folder, config: Path | None) -> RunConfig:
 
 
 def run_fidelity(
-    run_dir: Path, top: int, n_random: int, address: str | None = None, config: Path | None = None
+    run_dir: Path,
+    top: int,
+    n_random: int,
+    address: str | None = None,
+    config: Path | None = None,
+    kind: str = "mapping",
 ) -> dict[str, Any]:
+    """Re-score the ``top`` best and ``n_random`` other candidates of the ``kind`` search (mapping or
+    joint) in the full setting; rank agreement overall and per rung of successive halving."""
     if top < 0 or n_random < 0:
         raise UserError("--top and --random: must not be negative")
     if top + n_random < 3:
         raise UserError(f"--top {top} --random {n_random}: a rank correlation needs at least 3 candidates")
-    run, stage = mapping_stage(run_dir)
+    if kind not in KINDS:
+        raise UserError(f"--stage {kind!r}: choose one of {', '.join(KINDS)} (or supernet)")
+    attr = KINDS[kind]
+    run, stage = searched_stage(run_dir, kind)
     cfg = run_config(stage, config)
     run = RunFolder(run.path, cfg.storage.study_prefix)
     storage = run.storage(cfg.storage.url)  # the run folder holds the run's journal
-    if run.studies.mapping not in {s.study_name for s in storage.get_all_studies()}:
-        raise UserError(f"{stage.path}: no mapping-search trials in its storage")
-    searched = Recorder(storage, run.studies.mapping)
+    study = run.studies.joint if kind == "joint" else run.studies.mapping
+    if study not in {s.study_name for s in storage.get_all_studies()}:
+        raise UserError(f"{stage.path}: no {kind}-search trials in its storage")
+    directions = ("maximize", "minimize", "minimize") if kind == "joint" else ("maximize",)
+    searched = Recorder(storage, study, directions)
     per_rung: dict[int, dict[str, float]] = {}  # successive halving's rungs (the top one: the full proxy)
     for t in searched.complete():
-        text, rung = split_rung(t.user_attrs["mapping"])
+        text, rung = split_rung(t.user_attrs[attr])
         per_rung.setdefault(cfg.proxy.rungs - 1 if rung is None else rung, {})[text] = float(t.values[0])
     proxy_scores = per_rung.get(cfg.proxy.rungs - 1, {})
     candidates = choose(proxy_scores, top, n_random, cfg.seed)
@@ -77,7 +100,8 @@ def run_fidelity(
         log.warning("%d candidates (the search scored %d mappings)", len(candidates), len(proxy_scores))
 
     full = cfg.fidelity.as_proxy(cfg.proxy)
-    space = mapping_space(cfg)
+    space: MappingSpace | JointSpace = joint_space(cfg) if kind == "joint" else mapping_space(cfg)
+    fitness = JointFitness if kind == "joint" else MappingFitness
     init_ray(address or cfg.ray.address)
     setting = fingerprint({"full": full.model_dump(mode="json"), "seed": cfg.seed})[:8]
     folder = stage / f"fidelity-{setting}"
@@ -94,17 +118,17 @@ def run_fidelity(
         cfg.seed,
     )
     atomic_write_json(folder / "proxy.json", prepared.to_json())
-    recorder = Recorder(storage, run.studies.fidelity(setting))
+    recorder = Recorder(storage, run.studies.fidelity(setting, kind))
     lane = FixedSearch(space, [space.read(c.text) for c in candidates])
-    searcher = search_with({"fidelity": lane}, recorder, MappingFitness(prepared), folder, ray=cfg.ray)
+    searcher = search_with({"fidelity": lane}, recorder, fitness(prepared), folder, ray=cfg.ray, name=attr)
 
     per_task = {
-        t.user_attrs["mapping"]: {
+        t.user_attrs[attr]: {
             k.removeprefix("score_"): float(v) for k, v in t.user_attrs.items() if k.startswith("score_")
         }
         for t in recorder.complete()
     }
-    full_scores = recorder.candidates("mapping")
+    full_scores = recorder.candidates(attr)
     for c in candidates:
         c.full = full_scores.get(c.text)
         c.scores = per_task.get(c.text)
@@ -113,10 +137,11 @@ def run_fidelity(
         raise UserError(f"{folder}: fewer than 3 candidates finished in the full setting")
     results: dict[str, Any] = {
         "run": str(stage.path),
+        "search": kind,
         "setting": {"hash": setting, **full.model_dump(mode="json")},
         "proxy": cfg.proxy.model_dump(mode="json"),
         "candidates": [
-            {"mapping": c.text, "chosen": c.chosen, "proxy": c.proxy, "full": c.full, "scores": c.scores}
+            {attr: c.text, "chosen": c.chosen, "proxy": c.proxy, "full": c.full, "scores": c.scores}
             for c in candidates
         ],
         **rank_agreement([c.proxy for c in scored], [c.full for c in scored if c.full is not None]),

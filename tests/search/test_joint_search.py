@@ -127,3 +127,10 @@ def test_search_joint_with_successive_halving(
         (0, 2, len(by_rung[0])),
         (1, 4, len(by_rung[1])),
     ]
+    # fidelity takes the joint search too: its top candidates re-scored in the full setting, per rung
+    fid = run("fidelity", str(tmp_path / "run"), "--stage", "joint", "--top", "2", "--random", "1", "--json")
+    assert fid.returncode == 0, fid.stderr[-4000:]
+    found = json.loads(fid.stdout)
+    assert found["search"] == "joint" and len(found["candidates"]) == 3
+    assert all(c["student"] in finalists and isinstance(c["full"], float) for c in found["candidates"])
+    assert [r["rung"] for r in found["rungs"]] == [0, 1] and found["rungs"][1]["candidates"] == 3
