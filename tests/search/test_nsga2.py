@@ -9,7 +9,7 @@ import pytest
 from helpers import joint_space
 
 from distilnas.results.pareto import hypervolume, non_dominated_sort
-from distilnas.search.strategies import NSGA2Search, RandomSearch, key
+from distilnas.search.strategies import NSGA2Search, RandomSearch, genome_of, key
 from distilnas.spaces.base import Genome
 from distilnas.spaces.joint_space import JointSpace
 
@@ -88,3 +88,25 @@ def test_failed_candidates_never_survive() -> None:
         search.advance()
         assert not failed & {key(g) for g in search.parents}
     assert not failed & {key(g) for g in search.front()}
+
+
+def test_budgets_exclude_every_student_above_them() -> None:
+    from distilnas.proxies.bert_latency import BertLatencyTable
+    from distilnas.search.config import parse_config
+    from distilnas.search.stages.joint import Costs, budget_rules
+    from distilnas.search.strategies import wrap
+
+    widths = {(SPACE.hidden[h], SPACE.heads[k], SPACE.intermediate[f]) for h, k, f, _ in SPACE.allowed}
+    entries = {BertLatencyTable.key(w): {"base": 0.1, "layer": w[0] * w[2] / 4096} for w in widths}
+    costs = Costs(SPACE, BertLatencyTable(1, 128, 1, "cpu:test", entries))
+    cfg = parse_config({"search": {"joint": {"max_params": 40_000, "max_latency_ms": 4.0}}})
+    lane = wrap(NSGA2Search(SPACE, 8, 4, costs, seed=0), rules=budget_rules(cfg, costs))
+    evaluated = []
+    while not lane.finished:
+        for g in lane.ask():
+            evaluated.append(g)
+            lane.tell(g, synthetic(g))
+        lane.advance()
+    assert evaluated and all(costs(g)[0] <= 40_000 and costs(g)[1] <= 4.0 for g in evaluated)
+    assert lane.rejected  # some children were over a budget: excluded without an evaluation
+    assert all(costs(genome_of(k))[0] > 40_000 or costs(genome_of(k))[1] > 4.0 for k in lane.rejected)
