@@ -77,7 +77,7 @@ def measure_bert_table(
     latency: LatencyConfig,
     device: torch.device | None = None,
 ) -> BertLatencyTable:
-    """Time every width at one and three layers (alternately, ``latency.repeats`` each)."""
+    """Time every width at one and three layers (alternately, five times ``latency.repeats`` each)."""
     device = device or default_device()
     before = torch.get_num_threads()
     if latency.threads:
@@ -90,14 +90,14 @@ def measure_bert_table(
             shallow = plain_encoder(BertShape(1, h, heads, ffn), teacher)
             deep = plain_encoder(BertShape(3, h, heads, ffn), teacher)
             one, three = [], []
-            for _ in range(3):  # alternate, so drifts of a shared machine fall on both
+            for _ in range(5):  # alternate, so drifts of a shared machine fall on both
                 one.append(
                     measure_latency(shallow, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
                 )
                 three.append(
                     measure_latency(deep, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
                 )
-            t1, t3 = sorted(one)[1], sorted(three)[1]  # medians of three
+            t1, t3 = sorted(one)[2], sorted(three)[2]  # medians of five
             layer = max(0.0, (t3 - t1) / 2)
             table.entries[table.key((h, heads, ffn))] = {"base": max(0.0, t1 - layer), "layer": layer}
     finally:
