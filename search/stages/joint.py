@@ -4,7 +4,8 @@ NSGA-II (:class:`~distilnas.search.strategies.NSGA2Search`) over :class:`~distil
 JointSpace` on (proxy score up, parameters down, predicted latency down); every valid student once when
 the space fits the budget. Proxy evaluations are Ray Tune trials through the same searcher as the
 mapping search (de-duplicated, retried, resumable), each in the run's Optuna storage as a three-objective
-trial (study ``<prefix>-joint``). Budgets (``max_params``, ``max_latency_ms``) exclude a student before any
+trial (study ``<prefix>-joint``), under successive halving when the proxy has rungs (the front is then
+chosen among full-proxy scores). Budgets (``max_params``, ``max_latency_ms``) exclude a student before any
 trial.
 
 Stage folder (``output_dir/search-joint``): ``config.json``, ``proxy.json``, ``latency.json`` (the table
@@ -206,7 +207,7 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
                   "intermediate": j.intermediate, "init": j.init},
         "budget": j.budget,
         "objectives": list(OBJECTIVES),
-        "evaluations": sum(1 for v in search.memo.values() if v != float("-inf")),
+        "evaluations": sum(1 for v in search.memo.values() if v != FAILED),  # students (of any rung)
         "rejected": rejected(lane),
         "front": measured_front(cfg, space, costs, front),
         "hypervolume": {
