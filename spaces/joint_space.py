@@ -204,11 +204,12 @@ class JointSpace:
     # ------------------------------------------------------------------ sampling and variation
 
     def sample(self, rng: random.Random) -> Genome:
-        """A random valid genome: a shape drawn gene by gene (then repaired), a uniform mapping of its
-        depth."""
-        head = [rng.randrange(len(getattr(self, name))) for name in SHAPE_GENES]
-        layers = self.layers[head[0]]
-        return self.repair(head + self.mappings[layers].sample(rng) + [0] * (self.depth - layers), rng)
+        """A random valid genome: a depth, and a width, heads, FFN size and start that fit together, each
+        uniformly; then a uniform mapping of that depth."""
+        depth = rng.randrange(len(self.layers))
+        rest = rng.choice(sorted(self.allowed))
+        layers = self.layers[depth]
+        return [depth, *rest, *self.mappings[layers].sample(rng), *[0] * (self.depth - layers)]
 
     def mutate(self, genome: Genome, rng: random.Random, indpb: float = 0.3) -> Genome:
         """Each shape gene, with probability ``indpb``, moves to a neighbouring choice; the mapping is
