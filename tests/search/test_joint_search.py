@@ -98,6 +98,7 @@ def test_search_joint_bad_input(
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_search_joint_with_successive_halving(
     teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
 ) -> None:

@@ -149,6 +149,7 @@ def test_search_mapping_runs_the_ga_where_the_space_exceeds_the_budget(
     assert json.loads(resumed.stdout)["ga"] == results["ga"]
 
 
+@pytest.mark.slow
 def test_search_mapping_with_rungs_and_fidelity_per_rung(
     teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
 ) -> None:
