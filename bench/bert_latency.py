@@ -47,14 +47,23 @@ def main() -> None:
         shape = space.decode(genome).shape
         measured = timed(plain_encoder(shape, space.teacher), cfg.final.latency)["latency"]["ms"]
         predicted = table.predict(shape)
-        rows.append({"student": shape.size_name + f"-{shape.heads}h-{shape.intermediate}f",
-                     "params": space.params(genome), "predicted_ms": predicted, "measured_ms": measured})  # fmt: skip
+        name = f"{shape.size_name}-{shape.heads}h-{shape.intermediate}f"
+        rows.append(
+            {
+                "student": name,
+                "params": space.params(genome),
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+            }
+        )
     error = mape([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
     if args.json:
         print(json.dumps({"table_seconds": table_seconds, "mape_percent": error, "students": rows}, indent=2))
         return
-    out = Table(title=f"plain-BERT latency table: MAPE {error:.1f}% over {len(rows)} students "
-                      f"(table timed in {table_seconds:.0f} s; {table.device}, {table.threads} threads)")  # fmt: skip
+    out = Table(
+        title=f"plain-BERT latency table: MAPE {error:.1f}% over {len(rows)} students "
+        f"(table timed in {table_seconds:.0f} s; {table.device}, {table.threads} threads)"
+    )
     for col in ("student", "params (M)", "predicted ms", "measured ms", "error %"):
         out.add_column(col)
     for r in rows:
