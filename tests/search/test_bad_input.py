@@ -467,7 +467,7 @@ CASES: dict[str, tuple[Case, str]] = {
     ),
     "fidelity of another stage": (
         lambda w: ["fidelity", w.earlier, "--stage", "nope"],
-        "--stage 'nope': choose mapping or supernet",
+        "--stage 'nope': choose mapping, joint or supernet",
     ),
     "cache prune of an unknown kind": (
         lambda w: ["cache", "prune", "--older-than", "1", "--kind", "nope"],
