@@ -68,7 +68,7 @@ def finished(run_dir: Path) -> list[str]:
     return [t.user_attrs["mapping"] for t in study.get_trials(deepcopy=False)]
 
 
-@pytest.mark.parametrize("strategy", ["ga", "exhaustive"])
+@pytest.mark.parametrize("strategy", [pytest.param("ga", marks=pytest.mark.slow), "exhaustive"])
 def test_killed_driver_resumes_without_rerunning(tmp_path: Path, strategy: str) -> None:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)

@@ -130,6 +130,7 @@ def test_search_mapping_end_to_end(
     assert nowhere.returncode == 2 and "not a mapping-search run folder" in nowhere.stderr
 
 
+@pytest.mark.slow  # the GA under Ray Tune stays in the fast suite (test_strategies)
 def test_search_mapping_runs_the_ga_where_the_space_exceeds_the_budget(
     teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path
 ) -> None:
