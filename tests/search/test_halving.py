@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from distilnas.search.strategies import FixedSearch, GeneticSearch, Halving, key
+from distilnas.search.strategies import FixedSearch, GeneticSearch, Halving, RandomSearch, key
 from distilnas.search.strategies.base import Strategy
 from distilnas.search.tune import StrategySearcher
 from distilnas.spaces.mapping_space import MappingSpace
@@ -91,3 +91,19 @@ def test_a_rung_trains_eta_times_fewer_steps_per_rung_below_the_top() -> None:
     assert [rung_steps(200, r, 3, 3) for r in (0, 1, 2, None)] == [22, 66, 200, 200]
     assert rung_steps(2, 0, 3, 3) == 1  # never below one step
     assert split_rung("2,4,6/6@r1") == ("2,4,6/6", 1) and split_rung("2,4,6/6") == ("2,4,6/6", None)
+
+
+def test_the_ga_and_random_search_at_its_budget_both_finish_under_halving() -> None:
+    ga = GeneticSearch(SPACE, 4, 3, seed=0)
+    rnd = RandomSearch(SPACE, ga, seed=1)
+    lanes = {"ga": Halving(ga, 2, 2), "random": Halving(rnd, 2, 2)}
+    searcher = StrategySearcher(lanes)
+    done = 0
+    while (config := searcher.suggest(f"t{done}")) not in ("FINISHED", None):
+        text, rung = split_rung(config["candidate"])
+        searcher.on_trial_complete(
+            f"t{done}", {"fitness": score(SPACE.read(text), rung or 0), "seconds": 0.1}
+        )
+        done += 1
+    assert config == "FINISHED" and ga.finished and rnd.finished
+    assert len(rnd.memo) == len(ga.memo)  # random search at the GA's budget, counted in candidates
