@@ -22,18 +22,17 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.measure import timed
 from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
 from distilnas.proxies.bert_latency import BertLatencyTable, measure_bert_table, plain_encoder
 from distilnas.proxies.latency import mape
-from distilnas.proxies.mapping_fitness import JointFitness, prepare_proxy
+from distilnas.proxies.mapping_fitness import JointFitness
 from distilnas.results.pareto import hypervolume, non_dominated_sort
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import Folder, RunFolder
-from distilnas.search.stages.mapping import halved, search_with, signal
+from distilnas.search.stages.mapping import halved, proxy_for, search_with, signal
 from distilnas.search.strategies import (
     FAILED,
     Constrained,
@@ -168,19 +167,7 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
     costs = Costs(space, table)
 
     recorder = Recorder(storage, run.studies.joint, ("maximize", "minimize", "minimize"), OBJECTIVES)
-    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
-    prepared = prepare_proxy(
-        cfg.teacher,
-        cfg.proxy,
-        cfg.distill,
-        texts,
-        cfg.data.glue_dir,
-        cfg.cache_dir,
-        stage.path,
-        cfg.search.mapping.mode,
-        cfg.seed,
-    )
-    atomic_write_json(stage / "proxy.json", prepared.to_json())
+    prepared = proxy_for(cfg, stage.path)
     size = space.size()
     search: NSGA2Search | FixedSearch
     if j.exhaustive(size):

@@ -20,7 +20,7 @@ from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
 from distilnas.proxies.agreement import rank_agreement
 from distilnas.proxies.chance import task_chance, uninformative
-from distilnas.proxies.mapping_fitness import MappingFitness, prepare_proxy
+from distilnas.proxies.mapping_fitness import MappingFitness, PreparedProxy, prepare_proxy
 from distilnas.results.report import SearchTrial, write_search_report
 from distilnas.search.config import RayConfig, RunConfig
 from distilnas.search.rundir import RunFolder
@@ -49,6 +49,25 @@ def mapping_space(cfg: RunConfig) -> MappingSpace:
     """The config's mapping space: ``distill.student``'s depth onto the teacher's, under the constraints."""
     n = int(model_config(resolve(cfg.teacher.name)).num_hidden_layers)
     return MappingSpace.build(cfg.distill.student.layers, n, cfg.search.mapping.constraints)
+
+
+def proxy_for(cfg: RunConfig, folder: Path) -> PreparedProxy:
+    """The proxy setting of a search in ``folder`` (teachers, data, caches), prepared once in the driver and
+    recorded in ``folder/proxy.json``."""
+    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
+    prepared = prepare_proxy(
+        cfg.teacher,
+        cfg.proxy,
+        cfg.distill,
+        texts,
+        cfg.data.glue_dir,
+        cfg.cache_dir,
+        folder,
+        cfg.search.mapping.mode,
+        cfg.seed,
+    )
+    atomic_write_json(folder / "proxy.json", prepared.to_json())
+    return prepared
 
 
 def search_with(
@@ -92,20 +111,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     stage.record(cfg)
 
     recorder = Recorder(storage, run.studies.mapping)
-    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
-    prepared = prepare_proxy(
-        cfg.teacher,
-        cfg.proxy,
-        cfg.distill,
-        texts,
-        cfg.data.glue_dir,
-        cfg.cache_dir,
-        stage.path,
-        scfg.mode,
-        cfg.seed,
-    )
-    atomic_write_json(stage / "proxy.json", prepared.to_json())
-    fitness = MappingFitness(prepared)
+    fitness = MappingFitness(proxy_for(cfg, stage.path))
 
     baselines = {"uniform": LayerMapping.uniform(m, n), "last": LayerMapping.last(m, n)}
     base = FixedSearch(space, [space.encode(b) for b in baselines.values()])

@@ -8,6 +8,7 @@ told in a :class:`Memo`; sharing evaluations between strategies, constraints and
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -23,6 +24,17 @@ def key(genome: Sequence[int]) -> str:
 
 def genome_of(text: str) -> Genome:
     return list(map(int, text.split(",")))
+
+
+def rng_state(rng: random.Random) -> list[Any]:
+    """A generator's whole state as JSON (so a strategy resumes drawing exactly where it stopped)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng: random.Random, state: list[Any]) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
 
 
 class Memo(dict[str, float]):

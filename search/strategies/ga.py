@@ -16,7 +16,7 @@ from typing import Any
 
 from deap import base, creator, tools
 
-from distilnas.search.strategies.base import FAILED, Memo, key
+from distilnas.search.strategies.base import FAILED, Memo, key, rng_state, set_rng_state
 from distilnas.spaces.base import Genome
 from distilnas.spaces.mapping_space import CROSSOVERS, MappingSpace, Variation
 
@@ -176,13 +176,12 @@ class GeneticSearch:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
         return {
             "generation": self.generation,
             "population": self.population,
             "memo": self.memo.to_json(),
             "logbook": self.logbook,
-            "rng": [version, list(internal), gauss],
+            "rng": rng_state(self.rng),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -190,5 +189,4 @@ class GeneticSearch:
         self.population = [list(map(int, g)) for g in state["population"]]
         self.memo = Memo.from_json(state["memo"])
         self.logbook = list(state["logbook"])
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self.rng, state["rng"])

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from deap import base, creator, tools
 
 from distilnas.results.pareto import non_dominated_sort
-from distilnas.search.strategies.base import FAILED, Memo, genome_of, key
+from distilnas.search.strategies.base import FAILED, Memo, genome_of, key, rng_state, set_rng_state
 from distilnas.spaces.base import Genome, SearchSpace
 
 Costs = Callable[[Genome], Sequence[float]]
@@ -164,14 +164,13 @@ class NSGA2Search:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
         return {
             "generation": self.generation,
             "parents": self.parents,
             "children": self.children,
             "memo": self.memo.to_json(),
             "logbook": self.logbook,
-            "rng": [version, list(internal), gauss],
+            "rng": rng_state(self.rng),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,5 +179,4 @@ class NSGA2Search:
         self.children = [list(map(int, g)) for g in state["children"]]
         self.memo = Memo.from_json(state["memo"])
         self.logbook = list(state["logbook"])
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self.rng, state["rng"])
