@@ -16,15 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.utils import atomic_write_json, fingerprint
 from distilnas.proxies.agreement import Candidate, choose, rank_agreement
-from distilnas.proxies.mapping_fitness import JointFitness, MappingFitness, prepare_proxy
+from distilnas.proxies.mapping_fitness import JointFitness, MappingFitness
 from distilnas.search.config import RunConfig, load_config
 from distilnas.search.rundir import Folder, RunFolder
 from distilnas.search.stages.joint import joint_space
-from distilnas.search.stages.mapping import mapping_space, search_with
+from distilnas.search.stages.mapping import mapping_space, proxy_for, search_with
 from distilnas.search.strategies import FixedSearch
 from distilnas.search.tune import Recorder, init_ray
 from distilnas.spaces.joint_space import JointSpace
@@ -105,19 +104,7 @@ def run_fidelity(
     init_ray(address or cfg.ray.address)
     setting = fingerprint({"full": full.model_dump(mode="json"), "seed": cfg.seed})[:8]
     folder = stage / f"fidelity-{setting}"
-    texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
-    prepared = prepare_proxy(
-        cfg.teacher,
-        full,
-        cfg.distill,
-        texts,
-        cfg.data.glue_dir,
-        cfg.cache_dir,
-        folder,
-        cfg.search.mapping.mode,
-        cfg.seed,
-    )
-    atomic_write_json(folder / "proxy.json", prepared.to_json())
+    prepared = proxy_for(cfg, folder, full)
     recorder = Recorder(storage, run.studies.fidelity(setting, kind))
     lane = FixedSearch(space, [space.read(c.text) for c in candidates])
     searcher = search_with({"fidelity": lane}, recorder, fitness(prepared), folder, ray=cfg.ray, name=attr)

@@ -20,6 +20,7 @@ from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
 from distilnas.proxies.agreement import rank_agreement
 from distilnas.proxies.chance import task_chance, uninformative
+from distilnas.proxies.config import ProxyConfig
 from distilnas.proxies.mapping_fitness import MappingFitness, PreparedProxy, prepare_proxy
 from distilnas.results.report import SearchTrial, write_search_report
 from distilnas.search.config import RayConfig, RunConfig
@@ -51,13 +52,13 @@ def mapping_space(cfg: RunConfig) -> MappingSpace:
     return MappingSpace.build(cfg.distill.student.layers, n, cfg.search.mapping.constraints)
 
 
-def proxy_for(cfg: RunConfig, folder: Path) -> PreparedProxy:
-    """The proxy setting of a search in ``folder`` (teachers, data, caches), prepared once in the driver and
-    recorded in ``folder/proxy.json``."""
+def proxy_for(cfg: RunConfig, folder: Path, proxy: ProxyConfig | None = None) -> PreparedProxy:
+    """The proxy setting (``cfg.proxy`` unless another is given: fidelity's full setting) of a search in
+    ``folder`` (teachers, data, caches), prepared once in the driver and recorded in ``folder/proxy.json``."""
     texts = load_corpus(cfg.data.corpus) if cfg.data.corpus is not None else None
     prepared = prepare_proxy(
         cfg.teacher,
-        cfg.proxy,
+        proxy or cfg.proxy,
         cfg.distill,
         texts,
         cfg.data.glue_dir,
