@@ -1,8 +1,9 @@
-"""Benchmark: the plain-BERT latency table's prediction against whole students timed beside it.
+"""Benchmark: the BERT latency table's prediction against whole students timed after it.
 
 Times the table for the joint search space of a config (``search.joint``, at ``final.latency``'s setting),
-then builds students of the space's shapes at each depth, times them whole as the final stage does, and
-prints predicted and measured milliseconds with the error; the MAPE last. Medians and ratios, one run.
+then builds students of the space's shapes (factorised tables included), times them whole in rounds beside
+the table's reference student as the joint search times its front, and prints predicted and measured
+milliseconds with the error; the MAPE, raw and corrected by the machine's drift. Medians, one run.
 
     python bench/bert_latency.py [CONFIG] [--students 12] [--seed 0] [--json]
 """
@@ -18,8 +19,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from distilnas.distill.measure import timed
-from distilnas.proxies.bert_latency import measure_bert_table, plain_encoder
+from distilnas.distill.measure import round_robin
+from distilnas.proxies.bert_latency import measure_bert_table, plain_encoder, reference_encoder
 from distilnas.proxies.latency import mape
 from distilnas.search.config import load_config
 from distilnas.search.stages.joint import joint_space
@@ -35,34 +36,39 @@ def main() -> None:
 
     cfg = load_config(args.config)
     space = joint_space(cfg)
-    widths = {(space.hidden[h], space.heads[k], space.intermediate[f]) for h, k, f, _ in space.allowed}
     start = time.perf_counter()
-    table = measure_bert_table(widths, space.teacher, cfg.final.latency)
+    table = measure_bert_table(space.widths(), space.teacher, cfg.final.latency, tables=space.tables())
     table_seconds = time.perf_counter() - start
     rng = random.Random(args.seed)
-    shapes = rng.sample(space.all_shapes(), min(args.students, len(space.all_shapes())))
-    rows = []
+    shapes = sorted(
+        rng.sample(space.all_shapes(), min(args.students, len(space.all_shapes()))), key=space.params
+    )
     torch.manual_seed(0)
-    for genome in sorted(shapes, key=space.params):
-        shape = space.decode(genome).shape
-        measured = timed(plain_encoder(shape, space.teacher), cfg.final.latency)["latency"]["ms"]
-        predicted = table.predict(shape)
-        name = f"{shape.size_name}-{shape.heads}h-{shape.intermediate}f"
-        rows.append(
-            {
-                "student": name,
-                "params": space.params(genome),
-                "predicted_ms": predicted,
-                "measured_ms": measured,
-            }
-        )
+    students = [plain_encoder(space.decode(g).shape, space.teacher) for g in shapes]
+    *measured, reference = round_robin(
+        [*students, reference_encoder(table, space.teacher)], cfg.final.latency, 3, desc="students"
+    )
+    drift = reference / table.reference["ms"]
+    rows = [
+        {
+            "student": str(space.decode(genome)).split(":")[0],
+            "params": space.params(genome),
+            "predicted_ms": table.predict(space.decode(genome).shape),
+            "measured_ms": ms,
+        }
+        for genome, ms in zip(shapes, measured, strict=True)
+    ]
     error = mape([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    corrected = mape([r["predicted_ms"] * drift for r in rows], [r["measured_ms"] for r in rows])
+    figures = {"table_seconds": table_seconds, "mape_percent": error, "drift": drift,
+               "mape_drift_corrected_percent": corrected, "students": rows}  # fmt: skip
     if args.json:
-        print(json.dumps({"table_seconds": table_seconds, "mape_percent": error, "students": rows}, indent=2))
+        print(json.dumps(figures, indent=2))
         return
     out = Table(
-        title=f"plain-BERT latency table: MAPE {error:.1f}% over {len(rows)} students "
-        f"(table timed in {table_seconds:.0f} s; {table.device}, {table.threads} threads)"
+        title=f"BERT latency table: MAPE {error:.1f}% over {len(rows)} students, {corrected:.1f}% corrected "
+        f"by the machine's drift ({drift:.3f}x) (table timed in {table_seconds:.0f} s; {table.device}, "
+        f"{table.threads} threads)"
     )
     for col in ("student", "params (M)", "predicted ms", "measured ms", "error %"):
         out.add_column(col)

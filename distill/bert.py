@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -31,6 +31,7 @@ from transformers import (
 from distilnas.distill.capture import capture, recording
 from distilnas.distill.data import LengthBucketBatches, collate
 from distilnas.distill.errors import UserError
+from distilnas.distill.factorised import check_embedding_size
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,23 @@ Init = Literal["random", "copy", "extract"]
 
 @dataclass(frozen=True)
 class BertShape:
-    """The shape of a BERT student: depth, width, heads and feed-forward size."""
+    """The shape of a BERT student: depth, width, heads, feed-forward size and, when its word embeddings
+    are factorised (:mod:`distilnas.distill.factorised`), their table's width."""
 
     layers: int
     hidden: int
     heads: int
     intermediate: int
+    embedding: int | None = field(default=None, kw_only=True)
+    """The factorised word-embedding table's width E (None: a dense vocab x hidden table)."""
 
     def __post_init__(self) -> None:
         if min(self.layers, self.hidden, self.heads, self.intermediate) < 1:
             raise UserError(f"student {self.layers}L-{self.hidden}: every size must be positive")
         if self.hidden % self.heads:
             raise UserError(f"student: hidden size {self.hidden} is not a multiple of {self.heads} heads")
+        if self.embedding is not None:
+            check_embedding_size(self.embedding, self.hidden, f"student {self.size_name}: embedding size")
 
     @classmethod
     def like(cls, teacher: PretrainedConfig, layers: int, hidden: int | None = None) -> BertShape:
@@ -63,15 +69,14 @@ class BertShape:
 
     @property
     def size_name(self) -> str:
-        return f"{self.layers}L-{self.hidden}"
+        return f"{self.layers}L-{self.hidden}" + (f"-e{self.embedding}" if self.embedding else "")
 
     def parameters(self, teacher: PretrainedConfig) -> int:
         """Exact parameters of this shape's ``BertModel`` (embeddings, encoder, pooler) with the teacher's
         vocabulary, positions and token types; a task head adds its own."""
-        h, f = self.hidden, self.intermediate
-        embeddings = (
-            teacher.vocab_size + teacher.max_position_embeddings + teacher.type_vocab_size
-        ) * h + 2 * h
+        h, f, e = self.hidden, self.intermediate, self.embedding
+        words = teacher.vocab_size * h if e is None else (teacher.vocab_size + h) * e  # table (x projection)
+        embeddings = words + (teacher.max_position_embeddings + teacher.type_vocab_size) * h + 2 * h
         attention = 4 * (h * h + h) + 2 * h  # query, key, value, output; LayerNorm
         feed_forward = 2 * h * f + f + h + 2 * h  # up, down; LayerNorm
         return embeddings + self.layers * (attention + feed_forward) + h * h + h  # + the pooler

@@ -250,11 +250,15 @@ class StudentConfig(Strict):
     """Kronecker-factor the student's layers (KroneckerBERT), started from its initial dense weights."""
     references: ReferencesConfig | None = None
     """Give the student reference samples (RefBERT) in its task stages."""
+    embedding: int | None = Field(None, gt=0)
+    """Factorise the word embeddings (ALBERT-style) to a table this wide and a projection to the hidden
+    size, started by truncated SVD of the initial table."""
 
     @model_validator(mode="after")
     def _one_option(self) -> StudentConfig:
-        if self.kronecker is not None and self.references is not None:
-            raise ValueError("kronecker and references cannot be combined yet; choose one")
+        chosen = [k for k in ("kronecker", "references", "embedding") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} cannot be combined yet; choose one")
         return self
 
 

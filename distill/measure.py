@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from distilnas.distill.config import LatencyConfig
 from distilnas.distill.utils import default_device
@@ -109,6 +110,28 @@ def measure_latency(
         device=device_name(device),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
+
+
+def round_robin(
+    models: Sequence[nn.Module], latency: LatencyConfig, rounds: int = 5, desc: str = "timing"
+) -> list[float]:
+    """Milliseconds of each model (``final.latency``'s setting): the median over ``rounds`` rounds that
+    each time every model once, after a warm-up round that is discarded. A burst or a drift of a shared
+    machine falls on all the models alike, where timing one model after another puts it on a few, and
+    the median drops the rounds it spoils."""
+    threads = torch.get_num_threads()
+    if latency.threads:
+        torch.set_num_threads(latency.threads)
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        for r in tqdm(range(rounds + 1), desc=desc, unit="round"):
+            for i, model in enumerate(models):
+                ms = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
+                if r:  # round 0 warms every model up
+                    times[i].append(ms)
+    finally:
+        torch.set_num_threads(threads)
+    return [float(statistics.median(t)) for t in times]
 
 
 def timed(model: nn.Module, latency: LatencyConfig) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from distilnas.distill.bert import BertShape, bert_config, build_student, check_
 from distilnas.distill.config import LatencyConfig, StudentConfig
 from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
+from distilnas.distill.factorised import check_embedding_size, factorised
 from distilnas.distill.kronecker import check_factors, kroneckerise
 from distilnas.distill.measure import retrieval_latency, timed
 from distilnas.distill.reference_store import ReferenceStore, referenced_split, task_store
@@ -59,6 +60,7 @@ class StudentSpec(BertShape):
     """{"teacher_layer", "tokens"}: a plain BERT encoder that takes references from its task stages on."""
     nas: dict[str, str] | None = field(default=None, hash=False)
     """A supernet student: its ``path`` and the ``folder`` of its extracted weights."""
+    # ``embedding`` (BertShape's): a factorised word-embedding table's width, the factorised kind's option
 
     def __post_init__(self) -> None:
         if self.nas is None:  # a NAS-BERT student's sizes are a summary of its blocks
@@ -91,7 +93,11 @@ class StudentRecord:
 
     def options(self) -> dict[str, Any]:
         """The BERT options of the spec (an export's ``student.json`` records them)."""
-        return {"kronecker": self.spec.kronecker, "references": self.spec.references}
+        return {
+            "kronecker": self.spec.kronecker,
+            "references": self.spec.references,
+            "embedding": self.spec.embedding,
+        }
 
     def to_json(self) -> dict[str, Any]:
         spec = {f.name: getattr(self.spec, f.name) for f in fields(StudentSpec)}
@@ -101,7 +107,7 @@ class StudentRecord:
             "init": self.init,
             "mapping": self.mapping,
             "origin": list(self.origin),
-            **{k: spec[k] for k in ("kronecker", "references", "nas")},
+            **{k: spec[k] for k in ("embedding", "kronecker", "references", "nas")},
         }
 
     @classmethod
@@ -160,9 +166,7 @@ class StudentKind:
         """Whether the ``distill.student`` section asks for this kind."""
         return self.option is not None and getattr(config, self.option, None) is not None
 
-    def options(
-        self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
-    ) -> dict[str, dict[str, Any]]:
+    def options(self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig) -> dict[str, Any]:
         """The spec's options from the config, checked against the teacher's config (one-line errors)."""
         return {}
 
@@ -318,9 +322,7 @@ class KroneckerBert(StudentKind):
     suffix = "-kron"
     option = "kronecker"
 
-    def options(
-        self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
-    ) -> dict[str, dict[str, Any]]:
+    def options(self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig) -> dict[str, Any]:
         assert config.kronecker is not None
         factors = config.kronecker.factors()
         try:
@@ -359,9 +361,7 @@ class ReferencedBert(StudentKind):
     suffix = "-ref"
     option = "references"
 
-    def options(
-        self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig
-    ) -> dict[str, dict[str, Any]]:
+    def options(self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig) -> dict[str, Any]:
         assert config.references is not None
         refs = config.references.model_dump()
         layers = int(teacher.num_hidden_layers)
@@ -455,6 +455,46 @@ class ReferencedBert(StudentKind):
         return {**figures, "latency": lat, "retrieval_ms": retrieval, "store_bytes": stores}
 
 
+class FactorisedBert(StudentKind):
+    name = "factorised"
+    model_type = "factorised-bert"
+    label = "factorised"
+    option = "embedding"
+
+    def options(self, config: StudentConfig, shape: BertShape, teacher: PretrainedConfig) -> dict[str, Any]:
+        assert config.embedding is not None
+        check_embedding_size(config.embedding, shape.hidden, "distill.student.embedding")
+        return {"embedding": config.embedding}
+
+    def build(
+        self,
+        spec: StudentSpec,
+        teacher: PreTrainedModel,
+        init: str,
+        layer_sources: Sequence[int | None] | None = None,
+        scores: tuple[torch.Tensor, torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> PreTrainedModel:
+        """The dense student (copied, extracted or random), its table then factorised by truncated SVD."""
+        dense = super().build(spec, teacher, init, layer_sources, scores, seed)
+        return factorised(dense, spec.embedding)  # type: ignore[arg-type]
+
+    def random_encoder(self, spec: StudentSpec, teacher: PretrainedConfig) -> PreTrainedModel:
+        return factorised(super().random_encoder(spec, teacher), spec.embedding)  # type: ignore[arg-type]
+
+    def checkpoint_options(self, config: PretrainedConfig) -> dict[str, Any]:
+        return {"embedding_size": config.embedding_size}
+
+    def shape_key(self, record: StudentRecord) -> str:
+        return super().shape_key(record) + f"-E{record.spec.embedding}"
+
+    def saved_size(self, config: PretrainedConfig, folder: Path) -> str:
+        return super().saved_size(config, folder) + f"-e{config.embedding_size}"
+
+    def architecture_record(self, record: StudentRecord) -> dict[str, Any]:
+        return {**super().architecture_record(record), "embedding": record.spec.embedding}
+
+
 NAS_LOSSES = frozenset({"hidden_mse", "hidden_cosine", "prediction_ce", "hard_label"})
 
 
@@ -511,7 +551,7 @@ class NasBert(StudentKind):
 
 
 KINDS: dict[str, StudentKind] = {
-    k.name: k for k in (KroneckerBert(), ReferencedBert(), NasBert(), PlainBert())
+    k.name: k for k in (KroneckerBert(), ReferencedBert(), FactorisedBert(), NasBert(), PlainBert())
 }
 """Every student kind, by name; the first that applies to a spec is its kind (plain comes last)."""
 BY_MODEL_TYPE: dict[str, StudentKind] = {k.model_type: k for k in KINDS.values()}

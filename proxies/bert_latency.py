@@ -1,11 +1,17 @@
 """A latency table for plain BERT students, measured on this device at ``final.latency``'s setting.
 
 For each (width, heads, FFN size) a student can have, the encoder the final stage times (transformers'
-``BertModel``, SDPA attention, random weights) is timed at one and at three layers, alternately: a layer
+``BertModel``, SDPA attention, random weights) is timed at one and at three layers, every model in each
+of five rounds (a shared machine's bursts and drift fall on all of them alike; medians): a layer
 costs half the difference, and what one layer leaves is the width's base (embeddings, pooler, the
-model's own overhead). A student's predicted latency is its base plus its depth times its layer. The
-table reports its own error against whole students measured afterwards (:func:`~distilnas.proxies.
-latency.mape`).
+model's own overhead). A factorised word-embedding table (width E) is timed as a one-layer student
+beside the same student with the dense table: the difference is what it adds (or saves). A student's
+predicted latency is its base plus its depth times its layer, plus its table's difference.
+
+The table reports its own error against whole students measured afterwards
+(:func:`~distilnas.proxies.latency.mape`), timed in rounds beside the table's reference student: the
+reference's ratio to its time in the table is the machine's drift in between, which a prediction is
+corrected by when it is compared (the search itself needs no correction: drift scales every student).
 """
 
 from __future__ import annotations
@@ -15,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import BertModel, PretrainedConfig
 
 from distilnas.distill.bert import BertShape, bert_config
 from distilnas.distill.config import LatencyConfig
-from distilnas.distill.measure import device_name, measure_latency
+from distilnas.distill.factorised import factorised
+from distilnas.distill.measure import device_name, round_robin
 from distilnas.distill.utils import default_device
 
 Width = tuple[int, int, int]
@@ -28,29 +34,40 @@ Width = tuple[int, int, int]
 
 
 def plain_encoder(shape: BertShape, teacher: PretrainedConfig) -> BertModel:
-    """The encoder of ``shape`` as the final stage times it: SDPA attention, eval mode."""
+    """The encoder of ``shape`` as the final stage times it: SDPA attention, eval mode (its word
+    embeddings factorised when the shape says so)."""
     config = bert_config(shape, teacher)
     config._attn_implementation = "sdpa"
-    return BertModel(config).eval()
+    model = BertModel(config)
+    return (model if shape.embedding is None else factorised(model, shape.embedding)).eval()
 
 
 @dataclass
 class BertLatencyTable:
-    """Milliseconds of a layer and of the base, keyed ``"<hidden>-<heads>-<intermediate>"``."""
+    """Milliseconds of a layer and of the base, keyed ``"<hidden>-<heads>-<intermediate>"``, and what a
+    factorised table adds, keyed ``"<hidden>-e<E>"``."""
 
     batch_size: int
     seq_len: int
     threads: int
     device: str
     entries: dict[str, dict[str, float]] = field(default_factory=dict)
+    tables: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    """A student timed with the table (``student``: its width's key, ``layers``, ``ms``)."""
 
     @staticmethod
     def key(width: Width) -> str:
         return "-".join(map(str, width))
 
+    @staticmethod
+    def table_key(hidden: int, size: int) -> str:
+        return f"{hidden}-e{size}"
+
     def predict(self, shape: BertShape) -> float:
         entry = self.entries[self.key((shape.hidden, shape.heads, shape.intermediate))]
-        return entry["base"] + shape.layers * entry["layer"]
+        table = 0.0 if shape.embedding is None else self.tables[self.table_key(shape.hidden, shape.embedding)]
+        return entry["base"] + shape.layers * entry["layer"] + table
 
     def matches(self, latency: LatencyConfig, device: torch.device | None = None) -> bool:
         """Whether the table was timed at this setting on this kind of device."""
@@ -76,30 +93,32 @@ def measure_bert_table(
     teacher: PretrainedConfig,
     latency: LatencyConfig,
     device: torch.device | None = None,
+    tables: Iterable[tuple[int, int]] = (),
 ) -> BertLatencyTable:
-    """Time every width at one and three layers (alternately, five times ``latency.repeats`` each)."""
+    """Time every width at one and three layers, and every factorised (hidden, E) table as a one-layer
+    student beside the dense one, all in the same rounds (:func:`~distilnas.distill.measure.
+    round_robin`); the first width's one-layer student is the table's reference."""
     device = device or default_device()
-    before = torch.get_num_threads()
-    if latency.threads:
-        torch.set_num_threads(latency.threads)
-    table = BertLatencyTable(
-        latency.batch_size, latency.seq_len, torch.get_num_threads(), device_name(device)
-    )
-    try:
-        for h, heads, ffn in tqdm(sorted(set(widths)), desc="latency table", unit="width"):
-            shallow = plain_encoder(BertShape(1, h, heads, ffn), teacher)
-            deep = plain_encoder(BertShape(3, h, heads, ffn), teacher)
-            one, three = [], []
-            for _ in range(5):  # alternate, so drifts of a shared machine fall on both
-                one.append(
-                    measure_latency(shallow, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
-                )
-                three.append(
-                    measure_latency(deep, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
-                )
-            t1, t3 = sorted(one)[2], sorted(three)[2]  # medians of five
-            layer = max(0.0, (t3 - t1) / 2)
-            table.entries[table.key((h, heads, ffn))] = {"base": max(0.0, t1 - layer), "layer": layer}
-    finally:
-        torch.set_num_threads(before)
+    widths = sorted(set(widths))
+    chosen = {h: min(w for w in widths if w[0] == h) for h, _ in tables}  # one width per hidden size
+    tables = sorted(set(tables))
+    shapes = [BertShape(d, *w) for w in widths for d in (1, 3)]
+    shapes += [BertShape(1, *chosen[h], embedding=e) for h, e in tables]
+    models = [plain_encoder(shape, teacher).to(device) for shape in shapes]  # type: ignore[arg-type]
+    ms = round_robin(models, latency, desc="latency table")
+    threads = latency.threads or torch.get_num_threads()
+    table = BertLatencyTable(latency.batch_size, latency.seq_len, threads, device_name(device))
+    for i, w in enumerate(widths):
+        t1, t3 = ms[2 * i], ms[2 * i + 1]
+        layer = max(0.0, (t3 - t1) / 2)
+        table.entries[table.key(w)] = {"base": max(0.0, t1 - layer), "layer": layer}
+    for (h, e), t in zip(tables, ms[2 * len(widths) :], strict=True):
+        table.tables[table.table_key(h, e)] = t - ms[2 * widths.index(chosen[h])]
+    table.reference = {"student": table.key(widths[0]), "layers": 1, "ms": ms[0]}
     return table
+
+
+def reference_encoder(table: BertLatencyTable, teacher: PretrainedConfig) -> BertModel:
+    """The table's reference student (timed again beside measured students, to tell the machine's drift)."""
+    h, heads, ffn = map(int, str(table.reference["student"]).split("-"))
+    return plain_encoder(BertShape(int(table.reference["layers"]), h, heads, ffn), teacher)

@@ -118,6 +118,4 @@ class JointFitness(MappingFitness):
 
     def candidate(self, text: str, student: StudentConfig) -> tuple[StudentConfig, LayerMapping]:
         c = JointCandidate.parse(text, self.prepared.data.teacher_layers)
-        s = c.shape
-        update = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "intermediate": s.intermediate}
-        return student.model_copy(update={**update, "init": c.init}), c.mapping
+        return student.model_copy(update=c.student_options()), c.mapping

@@ -122,6 +122,9 @@ class JointSearchConfig(Strict):
     """Feed-forward sizes."""
     init: list[Literal["random", "copy", "extract"]] = Field(["extract"], min_length=1)
     """Starts a student may take (``copy`` only at the teacher's sizes)."""
+    embedding: list[int | None] = Field([None], min_length=1)
+    """Word-embedding tables a student may take: null, the dense vocab x hidden table; a width E, a
+    factorised vocab x E table and E x hidden projection (ALBERT-style; only narrower than the student)."""
     population: int = Field(12, gt=1)
     generations: int = Field(5, gt=0)
     crossover: float = Field(0.9, ge=0, le=1)

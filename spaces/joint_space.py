@@ -1,12 +1,14 @@
 """The joint space of a student's shape and its layer mapping, as one genome.
 
-A genome is ``[depth, hidden, heads, ffn, init, t_1, ..., t_D]``: five indices into the shape choices,
+A genome is ``[depth, hidden, heads, ffn, embedding, init, t_1, ..., t_D]``: six indices into the shape
+choices (``embedding``: a factorised word-embedding table's width, or none),
 then the teacher layer of each student layer (as in :class:`~distilnas.spaces.mapping_space.MappingSpace`),
 ``D`` the deepest choice; genes past the genome's own depth are 0, so each candidate has one genome.
 
-Variation keeps every genome valid by repair, never by rejection: a width, heads, FFN size and start
-that do not fit together (heads divide the width; a ``copy`` is the teacher's layer whole; an
-``extract``ed one keeps whole heads, so the teacher's head size) become the nearest that do; when the
+Variation keeps every genome valid by repair, never by rejection: a width, heads, FFN size, embedding
+and start that do not fit together (heads divide the width; a factorised table is narrower than the
+width; a ``copy`` is the teacher's layer whole; an ``extract``ed one keeps whole heads, so the teacher's
+head size) become the nearest that do; when the
 depth changes, the mapping is resized (each new student layer takes the teacher layer of the old layer at
 the same relative depth) and repaired under the mapping constraints.
 """
@@ -26,7 +28,11 @@ from distilnas.spaces.base import Genome, ParamChoices
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
 
-SHAPE_GENES = ("layers", "hidden", "heads", "intermediate", "init")
+SHAPE_GENES = ("layers", "hidden", "heads", "intermediate", "embedding", "init")
+HEAD = len(SHAPE_GENES)
+"""Genes before the mapping's."""
+Fit = tuple[int, int, int, int, int]
+"""Indices of a (hidden, heads, intermediate, embedding, init) that fit together."""
 
 
 @dataclass(frozen=True)
@@ -39,16 +45,33 @@ class JointCandidate:
 
     def __str__(self) -> str:
         s = self.shape
-        return f"{s.layers}L-{s.hidden}-{s.heads}h-{s.intermediate}f-{self.init}:{self.mapping}"
+        table = f"-e{s.embedding}" if s.embedding else ""
+        return f"{s.layers}L-{s.hidden}-{s.heads}h-{s.intermediate}f{table}-{self.init}:{self.mapping}"
+
+    def student_options(self) -> dict[str, int | str | None]:
+        """``distill.student``'s fields this candidate sets (its sizes, table and start)."""
+        s = self.shape
+        sizes = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "intermediate": s.intermediate}
+        return {**sizes, "embedding": s.embedding, "init": self.init}
 
     @classmethod
     def parse(cls, text: str, teacher_layers: int | None = None) -> JointCandidate:
-        """The candidate of ``"3L-256-4h-1024f-extract:2,4,6/6"``."""
+        """The candidate of ``"3L-256-4h-1024f-extract:2,4,6/6"`` (``…-1024f-e128-extract…``: its word
+        embeddings factorised to a 128-wide table)."""
         try:
             shape, mapping = text.split(":", 1)
-            depth, hidden, heads, ffn, init = shape.split("-", 4)
+            depth, hidden, heads, ffn, *table, init = shape.split("-")
+            if len(table) > 1 or (table and not table[0].startswith("e")):
+                raise ValueError(shape)
             layers = int(depth.removesuffix("L"))
-            size = BertShape(layers, int(hidden), int(heads.removesuffix("h")), int(ffn.removesuffix("f")))
+            embedding = int(table[0].removeprefix("e")) if table else None
+            size = BertShape(
+                layers,
+                int(hidden),
+                int(heads.removesuffix("h")),
+                int(ffn.removesuffix("f")),
+                embedding=embedding,
+            )
         except ValueError:
             raise UserError(f"student {text!r}: expected e.g. '3L-256-4h-1024f-extract:2,4,6/6'") from None
         found = LayerMapping.from_string(mapping, teacher_layers)
@@ -61,8 +84,8 @@ class JointCandidate:
 
 @dataclass
 class JointSpace:
-    """Students of the given depths, widths, heads, FFN sizes and starts, each with a layer mapping onto
-    ``teacher_layers`` under ``constraints`` (the mapping search's names)."""
+    """Students of the given depths, widths, heads, FFN sizes, embedding tables (None: dense) and starts,
+    each with a layer mapping onto ``teacher_layers`` under ``constraints`` (the mapping search's names)."""
 
     layers: list[int]
     hidden: list[int]
@@ -71,6 +94,7 @@ class JointSpace:
     init: list[str]
     teacher: PretrainedConfig
     constraints: list[str] = field(default_factory=list)
+    embedding: list[int | None] = field(default_factory=lambda: [None])
 
     def __post_init__(self) -> None:
         self.teacher_layers = int(self.teacher.num_hidden_layers)
@@ -91,18 +115,23 @@ class JointSpace:
             raise UserError(
                 f"search.joint.init: unknown starts {sorted(unknown)}; known: random, copy, extract"
             )
-        # (hidden, heads, intermediate, init) indices that fit together: heads divide the width, and the
-        # start can be made from the teacher (a copy is whole, an extraction keeps whole heads)
-        self.allowed: set[tuple[int, int, int, int]] = {
-            (h, k, f, i)
-            for (h, hidden), (k, heads), (f, ffn), (i, init) in product(
+        if any(e is not None and e < 1 for e in self.embedding):
+            raise UserError("search.joint.embedding: a factorised table's width is positive (null: dense)")
+        # (hidden, heads, intermediate, embedding, init) indices that fit together: heads divide the width,
+        # a factorised table is narrower than it, and the start can be made from the teacher (a copy is
+        # whole, an extraction keeps whole heads)
+        self.allowed: set[Fit] = {
+            (h, k, f, e, i)
+            for (h, hidden), (k, heads), (f, ffn), (e, table), (i, init) in product(
                 *(enumerate(getattr(self, n)) for n in SHAPE_GENES[1:])
             )
-            if hidden % heads == 0 and startable(BertShape(1, hidden, heads, ffn), self.teacher, init)
+            if hidden % heads == 0
+            and (table is None or table < hidden)
+            and startable(BertShape(1, hidden, heads, ffn), self.teacher, init)
         }
         if not self.allowed:
             raise UserError(
-                "search.joint: no width, heads, FFN size and start fit together "
+                "search.joint: no width, heads, FFN size, embedding and start fit together "
                 f"({', '.join(self.init)} from a teacher of {self.teacher_hidden} hidden, "
                 f"{self.teacher.num_attention_heads} heads)"
             )
@@ -111,14 +140,15 @@ class JointSpace:
 
     # ------------------------------------------------------------------ encode / decode
 
-    def _shape(self, genome: Sequence[int]) -> tuple[int, int, int, int, str]:
-        d, h, k, f, i = genome[:5]
-        return self.layers[d], self.hidden[h], self.heads[k], self.intermediate[f], self.init[i]
+    def _shape(self, genome: Sequence[int]) -> tuple[int, int, int, int, int | None, str]:
+        d, h, k, f, e, i = genome[:HEAD]
+        sizes = self.layers[d], self.hidden[h], self.heads[k], self.intermediate[f]
+        return (*sizes, self.embedding[e], self.init[i])
 
     def decode(self, genome: Sequence[int]) -> JointCandidate:
-        layers, hidden, heads, ffn, init = self._shape(genome)
-        mapping = self.mappings[layers].decode(list(genome[5 : 5 + layers]))
-        return JointCandidate(BertShape(layers, hidden, heads, ffn), init, mapping)
+        layers, hidden, heads, ffn, table, init = self._shape(genome)
+        mapping = self.mappings[layers].decode(list(genome[HEAD : HEAD + layers]))
+        return JointCandidate(BertShape(layers, hidden, heads, ffn, embedding=table), init, mapping)
 
     def encode(self, candidate: JointCandidate) -> Genome:
         s = candidate.shape
@@ -128,6 +158,7 @@ class JointSpace:
                 self.hidden.index(s.hidden),
                 self.heads.index(s.heads),
                 self.intermediate.index(s.intermediate),
+                self.embedding.index(s.embedding),
                 self.init.index(candidate.init),
             ]
         except ValueError:
@@ -153,45 +184,45 @@ class JointSpace:
         the student's depth)."""
         params: dict[str, tuple[int | str, ParamChoices]] = {}
         for name, value in zip(SHAPE_GENES, self._shape(genome), strict=True):
-            params[name] = (str(value), [str(v) for v in getattr(self, name)])
+            params[name] = (label(value), [label(v) for v in getattr(self, name)])
         choices = range(self.teacher_layers + 1)
-        for m, g in enumerate(genome[5:], start=1):
+        for m, g in enumerate(genome[HEAD:], start=1):
             params[f"student_layer_{m}"] = (int(g), choices)
         return params
 
     # ------------------------------------------------------------------ rules
 
     def valid(self, genome: Sequence[int]) -> bool:
-        if len(genome) != 5 + self.depth:
+        if len(genome) != HEAD + self.depth:
             return False
-        sizes = (len(self.layers), len(self.hidden), len(self.heads), len(self.intermediate), len(self.init))
-        if not all(0 <= g < n for g, n in zip(genome[:5], sizes, strict=True)):
+        sizes = [len(getattr(self, n)) for n in SHAPE_GENES]
+        if not all(0 <= g < n for g, n in zip(genome[:HEAD], sizes, strict=True)):
             return False
-        if tuple(genome[1:5]) not in self.allowed:
+        if tuple(genome[1:HEAD]) not in self.allowed:
             return False
         layers = self.layers[genome[0]]
-        return self.mappings[layers].valid(list(genome[5 : 5 + layers])) and not any(genome[5 + layers :])
+        mapping = list(genome[HEAD : HEAD + layers])
+        return self.mappings[layers].valid(mapping) and not any(genome[HEAD + layers :])
 
     def repair(self, genome: Genome, rng: random.Random) -> Genome:
-        """The nearest valid genome: width, FFN size, start and heads that fit together (the heads change
-        first, then the start, the FFN size, the width), and a mapping of the genome's depth that keeps
-        the constraints."""
+        """The nearest valid genome: width, FFN size, embedding, start and heads that fit together (the
+        heads change first, then the start, the embedding, the FFN size, the width), and a mapping of the
+        genome's depth that keeps the constraints."""
         g = list(genome)
-        if tuple(g[1:5]) not in self.allowed:
-            h, k, f, i = g[1:5]
+        if tuple(g[1:HEAD]) not in self.allowed:
+            h, k, f, e, i = g[1:HEAD]
 
-            def distance(a: tuple[int, int, int, int]) -> tuple[int, int, int, int, tuple[int, ...]]:
-                start = 0 if a[3] == i else 1 if self.init[a[3]] == "extract" else 2  # extract keeps most
-                return abs(a[0] - h), abs(a[2] - f), start, abs(a[1] - k), a
+            def distance(a: Fit) -> tuple[int, int, int, int, int, Fit]:
+                start = 0 if a[4] == i else 1 if self.init[a[4]] == "extract" else 2  # extract keeps most
+                return abs(a[0] - h), abs(a[2] - f), abs(a[3] - e), start, abs(a[1] - k), a
 
-            nearest = min(self.allowed, key=distance)
-            g[1:5] = nearest
+            g[1:HEAD] = min(self.allowed, key=distance)  # type: ignore[arg-type]
         layers = self.layers[g[0]]
         space = self.mappings[layers]
-        mapping = space.repair(list(g[5 : 5 + layers]), rng)
+        mapping = space.repair(list(g[HEAD : HEAD + layers]), rng)
         if not space.valid(mapping):
             mapping = space.sample(rng)
-        return g[:5] + mapping + [0] * (self.depth - layers)
+        return g[:HEAD] + mapping + [0] * (self.depth - layers)
 
     def resize(self, mapping: Sequence[int], depth: int) -> Genome:
         """A mapping for ``depth`` student layers: layer m takes the teacher layer of the old layer at the
@@ -204,8 +235,8 @@ class JointSpace:
     # ------------------------------------------------------------------ sampling and variation
 
     def sample(self, rng: random.Random) -> Genome:
-        """A random valid genome: a depth, and a width, heads, FFN size and start that fit together, each
-        uniformly; then a uniform mapping of that depth."""
+        """A random valid genome: a depth, and a width, heads, FFN size, embedding and start that fit
+        together, each uniformly; then a uniform mapping of that depth."""
         depth = rng.randrange(len(self.layers))
         rest = rng.choice(sorted(self.allowed))
         layers = self.layers[depth]
@@ -220,26 +251,34 @@ class JointSpace:
             if rng.random() < indpb:
                 g[i] = min(len(getattr(self, name)) - 1, max(0, g[i] + rng.choice((-1, 1))))
         layers = self.layers[g[0]]
-        mapping = self.resize(g[5 : 5 + old], layers)
+        mapping = self.resize(g[HEAD : HEAD + old], layers)
         mapping = self.mappings[layers].perturb(mapping, rng, indpb)
-        return self.repair(g[:5] + mapping + [0] * (self.depth - layers), rng)
+        return self.repair(g[:HEAD] + mapping + [0] * (self.depth - layers), rng)
 
     def crossover(self, a: Genome, b: Genome, rng: random.Random) -> tuple[Genome, Genome]:
         """Uniform crossover of the shape genes; each child keeps the mapping of the parent whose depth
         it took (resized when needed: e.g. the same depth gene but another width), then repaired."""
-        ca, cb = list(a[:5]), list(b[:5])
-        for i in range(5):
+        ca, cb = list(a[:HEAD]), list(b[:HEAD])
+        for i in range(HEAD):
             if rng.random() < 0.5:
                 ca[i], cb[i] = cb[i], ca[i]
         children = []
         for child, (pa, pb) in ((ca, (a, b)), (cb, (b, a))):
             parent = pa if pa[0] == child[0] else pb
             layers = self.layers[child[0]]
-            mapping = self.resize(parent[5 : 5 + self.layers[parent[0]]], layers)
+            mapping = self.resize(parent[HEAD : HEAD + self.layers[parent[0]]], layers)
             children.append(self.repair(child + mapping + [0] * (self.depth - layers), rng))
         return children[0], children[1]
 
     # ------------------------------------------------------------------ enumeration
+
+    def widths(self) -> set[tuple[int, int, int]]:
+        """Every (hidden, heads, intermediate) a student of the space can have."""
+        return {(self.hidden[h], self.heads[k], self.intermediate[f]) for h, k, f, _, _ in self.allowed}
+
+    def tables(self) -> set[tuple[int, int]]:
+        """Every (hidden, E) of a factorised word-embedding table a student of the space can have."""
+        return {(self.hidden[h], e) for h, _, _, t, _ in self.allowed if (e := self.embedding[t]) is not None}
 
     def all(self) -> list[Genome]:
         """Every valid genome (shape choices times each depth's mappings), in index order."""
@@ -278,3 +317,8 @@ def startable(shape: BertShape, teacher: PretrainedConfig, init: str) -> bool:
     except UserError:
         return False
     return True
+
+
+def label(value: int | str | None) -> str:
+    """A shape choice as a trial parameter (a dense embedding table: ``dense``)."""
+    return "dense" if value is None else str(value)

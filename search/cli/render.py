@@ -85,13 +85,15 @@ def mapping_search(results: dict[str, Any]) -> Table:
 
 def joint_search(results: dict[str, Any]) -> Table:
     volumes = results["hypervolume"]["per_generation"]
-    signal = results["signal"]
+    signal, lat = results["signal"], results["latency"]
     table = Table(
         title=f"joint search ({results['mode']}): {results['evaluations']} students evaluated, a front of "
         f"{len(results['front'])} spanning {fmt(results['front_params_span'] or 0)}x in parameters; "
         f"hypervolume {fmt(volumes[-1]['hypervolume'] if volumes else None, 'none')}; "
-        f"latency MAPE {fmt(results['latency']['mape_percent'], 'n/a')}%",
-        caption=f"{len(signal['uninformative'])} of {signal['evaluations']} evaluations at chance level",
+        f"latency MAPE {fmt(lat['mape_percent'], 'n/a')}%",
+        caption=f"{len(signal['uninformative'])} of {signal['evaluations']} evaluations at chance level; "
+        f"the machine ran {fmt(lat.get('drift'), 'n/a')}x the table's time when the front was timed "
+        f"(MAPE corrected by it: {fmt(lat.get('mape_drift_corrected_percent'), 'n/a')}%)",
     )
     for col in ("student", "proxy", "params (M)", "predicted ms", "measured ms"):
         table.add_column(col)

@@ -100,10 +100,9 @@ def joint_students(cfg: RunConfig, run: RunFolder, tcfg: PretrainedConfig) -> li
     out = []
     for found in spread(front, cfg.final.joint_front):
         c = JointCandidate.parse(found["student"], int(tcfg.num_hidden_layers))
-        s = c.shape
-        sizes = {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "intermediate": s.intermediate}
-        spec = student_spec(cfg.distill.student.model_copy(update={**sizes, "init": c.init}), tcfg)
-        name = f"{s.layers}L-{s.hidden}-{s.intermediate}f_joint"
+        spec = student_spec(cfg.distill.student.model_copy(update=c.student_options()), tcfg)
+        table = f"-e{spec.embedding}" if spec.embedding else ""
+        name = f"{spec.layers}L-{spec.hidden}-{spec.intermediate}f{table}_joint"
         out.append(StudentRecord(name, spec, c.init, str(c.mapping), ["joint"]))
     return out
 

@@ -23,10 +23,15 @@ import torch
 from transformers import PretrainedConfig
 
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import timed
+from distilnas.distill.measure import round_robin
 from distilnas.distill.teacher import model_config, resolve
 from distilnas.distill.utils import atomic_write_json
-from distilnas.proxies.bert_latency import BertLatencyTable, measure_bert_table, plain_encoder
+from distilnas.proxies.bert_latency import (
+    BertLatencyTable,
+    measure_bert_table,
+    plain_encoder,
+    reference_encoder,
+)
 from distilnas.proxies.latency import mape
 from distilnas.proxies.mapping_fitness import JointFitness
 from distilnas.results.pareto import hypervolume, non_dominated_sort
@@ -67,6 +72,7 @@ def joint_space(cfg: RunConfig, teacher: PretrainedConfig | None = None) -> Join
         list(j.init),
         teacher,
         list(cfg.search.mapping.constraints),
+        list(j.embedding),
     )
 
 
@@ -79,8 +85,7 @@ def latency_table(cfg: RunConfig, space: JointSpace, stage: Folder) -> BertLaten
         if table.matches(cfg.final.latency):
             return table
         log.info("%s was timed at another setting or device: timing it again", path)
-    widths = {(space.hidden[h], space.heads[k], space.intermediate[f]) for h, k, f, _ in space.allowed}
-    return measure_bert_table(widths, space.teacher, cfg.final.latency)
+    return measure_bert_table(space.widths(), space.teacher, cfg.final.latency, tables=space.tables())
 
 
 class Costs:
@@ -188,15 +193,16 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
     )  # fmt: skip
 
     front = front_of(comparable(search, lane), costs)
+    timed_front, drift = measured_front(cfg, space, costs, table, front) if front else ([], 1.0)
     results: dict[str, Any] = {
         "mode": mode,
         "space": {"size": size, "layers": j.layers, "hidden": j.hidden, "heads": j.heads,
-                  "intermediate": j.intermediate, "init": j.init},
+                  "intermediate": j.intermediate, "embedding": j.embedding, "init": j.init},
         "budget": j.budget,
         "objectives": list(OBJECTIVES),
         "evaluations": sum(1 for v in search.memo.values() if v != FAILED),  # students (of any rung)
         "rejected": rejected(lane),
-        "front": measured_front(cfg, space, costs, front),
+        "front": timed_front,
         "hypervolume": {
             "reference": REFERENCE, "per_generation": generation_volumes(search, lane, space, costs),
         },
@@ -209,7 +215,9 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
     measured = [s["measured_ms"] for s in results["front"]]
     results["latency"] = {
         "mape_percent": mape(predicted, measured) if measured else None,
-        "setting": {k: v for k, v in table.to_json().items() if k != "entries"},
+        "drift": drift,
+        "mape_drift_corrected_percent": mape([p * drift for p in predicted], measured) if measured else None,
+        "setting": {k: v for k, v in table.to_json().items() if k not in ("entries", "tables")},
     }
     results["signal"] = signal(cfg, recorder, "student")
     stage.write_results(results)
@@ -281,26 +289,35 @@ def generation_volumes(
 
 
 def measured_front(
-    cfg: RunConfig, space: JointSpace, costs: Costs, front: list[tuple[Genome, float]]
-) -> list[dict[str, Any]]:
+    cfg: RunConfig,
+    space: JointSpace,
+    costs: Costs,
+    table: BertLatencyTable,
+    front: list[tuple[Genome, float]],
+) -> tuple[list[dict[str, Any]], float]:
     """Each front student with its proxy score, parameters, predicted latency and measured latency (its
-    encoder built and timed as the final stage times students)."""
-    out = []
+    encoder built and timed as the final stage times students, in rounds beside the table's reference),
+    and the machine's drift since the table was timed (the reference's time now over then)."""
     torch.manual_seed(0)
-    for genome, fitness in front:
-        candidate = space.decode(genome)
+    candidates = [space.decode(genome) for genome, _ in front]
+    models = [plain_encoder(c.shape, space.teacher) for c in candidates]
+    *measured, reference = round_robin(
+        [*models, reference_encoder(table, space.teacher)], cfg.final.latency, 3
+    )
+    drift = reference / float(table.reference["ms"])
+    out = []
+    for (genome, fitness), candidate, ms in zip(front, candidates, measured, strict=True):
         params, predicted = costs(genome)
-        measured = timed(plain_encoder(candidate.shape, space.teacher), cfg.final.latency)["latency"]["ms"]
         out.append(
             {
                 "student": str(candidate),
                 "proxy": fitness,
                 "params": int(params),
                 "predicted_ms": predicted,
-                "measured_ms": measured,
+                "measured_ms": ms,
             }
         )
-    return out
+    return out, drift
 
 
 def span(values: list[float]) -> float | None:

@@ -37,12 +37,13 @@ def spec_of(kind: str, tmp: Path) -> StudentSpec:
         "plain": StudentSpec(2, 32, 2, 64),
         "kronecker": StudentSpec(2, 32, 2, 64, kronecker={"attention": {"a": [4, 4], "b": [8, 8]}}),
         "referenced": StudentSpec(2, 32, 2, 64, references={"teacher_layer": 4, "tokens": 5}),
+        "factorised": StudentSpec(2, 32, 2, 64, embedding=8),
         "nas-bert": StudentSpec(2, 64, 1, 256, nas={"path": "p", "folder": str(nas_folder(tmp))}),
     }[kind]
 
 
 def test_every_kind_is_covered() -> None:
-    assert set(KINDS) == {"plain", "kronecker", "referenced", "nas-bert"}
+    assert set(KINDS) == {"plain", "kronecker", "referenced", "factorised", "nas-bert"}
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
@@ -63,7 +64,7 @@ def test_each_kind_builds_heads_and_names_itself(name: str, tiny_teacher: BertMo
     assert StudentRecord.from_json(record.to_json()) == record
     assert list(record.to_json()) == [
         "name", "layers", "hidden", "heads", "intermediate", "init", "mapping", "origin",
-        "kronecker", "references", "nas",
+        "embedding", "kronecker", "references", "nas",
     ]  # fmt: skip
 
 
@@ -77,6 +78,7 @@ def test_each_bert_kind_builds_its_deployed_form_from_the_config_alone(name: str
         "plain": plain,
         "kronecker": plain - 2 * 4 * (32 * 32 - (4 * 4 + 8 * 8)),  # four 32x32 maps per layer, factored
         "referenced": plain + 64 * 32 + 32,  # the projection from the teacher's width
+        "factorised": plain - 30522 * 32 + (30522 + 32) * 8,  # a vocab x 8 table and an 8 x 32 projection
     }
     assert deployed == expected[name]
 
@@ -104,7 +106,7 @@ def test_a_nas_student_refuses_what_it_cannot_serve_and_keeps_what_it_can(tmp_pa
         kind.check_losses({"hidden_mse": 1.0}, [(0, 0), (1, 2)])
     assert kind.settings({"hidden_mse": 2.0, "minilm_relation": 1.0}) == {"hidden_mse": 2.0}
     assert kind.settings({"attention_mse": 1.0}) == {"hidden_mse": 1.0}  # nothing it can serve: block MSE
-    for other in ("plain", "kronecker", "referenced"):
+    for other in ("plain", "kronecker", "referenced", "factorised"):
         KINDS[other].check_losses({"attention_mse": 1.0, "minilm_relation": 1.0}, [(0, 0), (1, 2)])
     loaded = AutoModel.from_pretrained(nas_folder(tmp_path))
     assert kind_of_model(loaded) is kind
@@ -120,3 +122,9 @@ def test_student_spec_follows_the_teacher_and_checks_each_kinds_options() -> Non
     with pytest.raises(UserError, match=r"distill\.student\.kronecker\.attention: factors"):
         student_spec(StudentConfig(layers=2, kronecker={"attention": {"a": [3, 3], "b": [8, 8]}}), TEACHER)
     assert KINDS["referenced"].proxy_form(refs).kind.name == "plain"  # proxies distil the plain student
+    factorised = student_spec(StudentConfig(layers=2, hidden=32, embedding=8), TEACHER)
+    assert (factorised.embedding, factorised.name, factorised.kind.name) == (8, "2L-32-e8", "factorised")
+    with pytest.raises(UserError, match=r"distill\.student\.embedding: 32 is not between 0 and the hidden"):
+        student_spec(StudentConfig(layers=2, hidden=32, embedding=32), TEACHER)
+    with pytest.raises(ValueError, match="kronecker and embedding cannot be combined"):
+        StudentConfig(layers=2, embedding=8, kronecker={"attention": {"a": [4, 4], "b": [16, 16]}})

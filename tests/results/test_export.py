@@ -58,7 +58,11 @@ def test_front_students_are_exported_with_their_record(tmp_path: Path) -> None:
     }  # fmt: skip
     assert record["scores"] == {"mrpc": 65.0, "rte": 55.0} and record["glue_average"] == 60.0
     assert record["teacher"]["fine_tuned"] == {"mrpc": "f1", "rte": "f2"} and record["seed"] == 3
-    assert record["config_hash"] == "hash1" and record["options"] == {"kronecker": None, "references": None}
+    assert record["config_hash"] == "hash1" and record["options"] == {
+        "kronecker": None,
+        "references": None,
+        "embedding": None,
+    }
     assert record["latency"] == {"ms": 2.0, "device": "cpu"} and record["speedup"] == 5.0
     every = export_students(table, sources, TASKS, PROVENANCE, tmp_path / "all", front_only=False)
     assert len(every) == 2

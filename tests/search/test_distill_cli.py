@@ -135,3 +135,28 @@ def test_distill_a_referenced_student(
         a = model(**batch, reference_ids=torch.tensor([int(refs[0])])).logits
         b = model(**batch, reference_ids=torch.tensor([(int(refs[0]) + 1) % 48])).logits
     assert not torch.equal(a, b)
+
+
+def test_distill_a_factorised_student(
+    tiny_bert: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, cli: Cli
+) -> None:
+    """A student whose word embeddings are factorised (a vocab x 4 table, 4 x 16 projection) is built
+    from the extracted table by truncated SVD, distilled, and saved as a registered transformers model."""
+    from distilnas.distill.bert import BertShape
+    from distilnas.distill.factorised import FactorisedBertForSequenceClassification
+    from distilnas.distill.measure import count_parameters
+
+    cfg = config(tmp_path, tiny_bert, glue_dir, corpus_dir)
+    cfg.write_text(cfg.read_text().replace("importance_batches: 2}", "importance_batches: 2, embedding: 4}"))
+    proc = cli("distill", cfg, "-t", "rte", "--mapping", "2/2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["student"]["embedding"] == 4 and set(report["tasks"]["rte"]["distilled"]) == {"accuracy"}
+    folder = Path(report["run_dir"]) / "rte"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert isinstance(model, FactorisedBertForSequenceClassification) and model.config.embedding_size == 4
+    c = model.config  # the teacher's vocabulary, positions and token types
+    shape = BertShape(1, 16, c.num_attention_heads, c.intermediate_size, embedding=4)
+    head = 16 * 2 + 2  # the classifier
+    assert count_parameters(model) == shape.parameters(c) + head
+    assert json.loads((folder / "student.json").read_text())["student"]["embedding"] == 4

@@ -82,15 +82,16 @@ def test_joint_students_come_from_the_front_of_this_configs_search(tmp_path: Pat
     run = RunFolder.of(cfg)
     with pytest.raises(UserError, match="'joint' needs a finished joint search"):
         chosen_students(cfg, run, None)
-    front = ["1L-16-1h-32f-extract:4/4", "2L-16-1h-64f-extract:2,4/4", "2L-32-2h-64f-random:1,4/4"]
+    front = ["1L-16-1h-32f-extract:4/4", "2L-16-1h-64f-extract:2,4/4", "2L-32-2h-64f-e8-random:1,4/4"]
     run.joint.record(cfg)
     run.joint.write_results({"front": [{"student": s, "params": 10 * i} for i, s in enumerate(front)]})
     chosen = chosen_students(cfg, run, None)
-    assert [s.name for s in chosen] == ["2L-32_uniform", "1L-16-32f_joint", "2L-32-64f_joint"]
+    assert [s.name for s in chosen] == ["2L-32_uniform", "1L-16-32f_joint", "2L-32-64f-e8_joint"]
     small, large = chosen[1], chosen[2]
     assert (small.spec.layers, small.spec.hidden, small.spec.heads, small.spec.intermediate) == (1, 16, 1, 32)
     assert (small.init, small.mapping, small.origin) == ("extract", "4/4", ["joint"])
     assert (large.init, large.mapping, large.spec.hidden) == ("random", "1,4/4", 32)
+    assert (large.spec.embedding, large.kind.name, small.kind.name) == (8, "factorised", "plain")
     other = parse_config({**cfg.model_dump(mode="json"), "seed": 5})
     with pytest.raises(UserError, match="search-joint was made with seed=0; this config has 5"):
         chosen_students(other, run, None)

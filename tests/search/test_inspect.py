@@ -48,6 +48,14 @@ def test_plain_kronecker_and_supernet_students(tmp_path: Path, inspect) -> None:
     assert k["parameters"] == p["parameters"] - attention_saved - (v * h - (v * 16 + 4))
     assert k["student"] == "kronecker 2L-64-kron"
 
+    fact = inspect(tmp_path, "student: {layers: 2, hidden: 64, heads: 2, intermediate: 128, embedding: 16}")
+    assert fact.returncode == 0, fact.stderr[-2000:]
+    e = json.loads(fact.stdout)
+    assert e["embedding_parameters"] == v * 16 + 16 * h  # a vocab x 16 table and a 16 x 64 projection
+    assert (
+        e["parameters"] == p["parameters"] - v * h + (v + h) * 16 and e["student"] == "factorised 2L-64-e16"
+    )
+
     ref = inspect(
         tmp_path, "student: {layers: 2, hidden: 64, heads: 2, intermediate: 128, references: {tokens: 8}}"
     )

@@ -42,17 +42,18 @@ def joint_config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path
 
 
 def test_search_joint_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path) -> None:
-    cfg = joint_config(tmp_path, teacher4, glue_dir, corpus_dir)
+    cfg = joint_config(tmp_path, teacher4, glue_dir, corpus_dir, embedding=[None, 8])  # 80 students
     proc = run("search", "joint", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout)
-    assert results["mode"] == "nsga2" and results["space"]["size"] == 40 and results["budget"] == 12
+    assert results["mode"] == "nsga2" and results["space"]["size"] == 80 and results["budget"] == 12
     study = optuna.load_study(study_name="distilnas-joint", storage=open_storage(None, tmp_path / "run"))
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == results["evaluations"] >= 8  # generations of 4, children never evaluated twice
     assert len({t.user_attrs["student"] for t in trials}) == len(trials)
     assert study.metric_names == ["proxy score", "parameters", "predicted latency (ms)"]
-    assert {"layers", "hidden", "intermediate", "student_layer_1", "student_layer_2"} <= set(trials[0].params)
+    assert {"layers", "hidden", "intermediate", "embedding", "student_layer_1"} <= set(trials[0].params)
+    assert {t.params["embedding"] for t in trials} == {"dense", "8"}  # factorised students were distilled
     # the front: exactly the non-dominated trials (score up, parameters and predicted latency down)
     points = {t.user_attrs["student"]: (-t.values[0], t.values[1], t.values[2]) for t in trials}
     on_front = {s for s, p in points.items() if not any(dominates(q, p) for q in points.values())}
@@ -61,12 +62,13 @@ def test_search_joint_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Pat
     for s in front:
         assert (s["params"], s["predicted_ms"]) == pytest.approx(points[s["student"]][1:])
         assert s["measured_ms"] > 0
-    assert results["latency"]["mape_percent"] >= 0
+    assert results["latency"]["mape_percent"] >= 0 and results["latency"]["drift"] > 0
     volumes = [g["hypervolume"] for g in results["hypervolume"]["per_generation"]]
     assert len(volumes) == 3 and volumes == sorted(volumes) and volumes[-1] > 0  # NSGA-II keeps its front
     assert results["signal"]["evaluations"] == len(trials)
     stage = tmp_path / "run" / "search-joint"
-    assert json.loads((stage / "latency.json").read_text())["seq_len"] == 32
+    table = json.loads((stage / "latency.json").read_text())
+    assert table["seq_len"] == 32 and set(table["tables"]) == {"16-e8", "32-e8"}
     resumed = run("search", "joint", str(cfg), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert json.loads(resumed.stdout)["front"][0]["student"] == front[0]["student"]
