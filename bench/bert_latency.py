@@ -2,7 +2,7 @@
 
 Times the table for the joint search space of a config (``search.joint``, at ``final.latency``'s setting),
 then builds students of the space's shapes (factorised tables included), times them whole in rounds beside
-the table's reference student as the joint search times its front, and prints predicted and measured
+the table's reference students as the joint search times its front, and prints predicted and measured
 milliseconds with the error; the MAPE, raw and corrected by the machine's drift. Medians, one run.
 
     python bench/bert_latency.py [CONFIG] [--students 12] [--seed 0] [--json]
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distilnas.distill.measure import round_robin
-from distilnas.proxies.bert_latency import measure_bert_table, plain_encoder, reference_encoder
+from distilnas.proxies.bert_latency import measure_bert_table, plain_encoder, reference_encoders
 from distilnas.proxies.latency import mape
 from distilnas.search.config import load_config
 from distilnas.search.stages.joint import joint_space
@@ -45,10 +45,8 @@ def main() -> None:
     )
     torch.manual_seed(0)
     students = [plain_encoder(space.decode(g).shape, space.teacher) for g in shapes]
-    *measured, reference = round_robin(
-        [*students, reference_encoder(table, space.teacher)], cfg.final.latency, 3, desc="students"
-    )
-    drift = reference / table.reference["ms"]
+    times = round_robin([*students, *reference_encoders(table, space.teacher)], cfg.final.latency, 3)
+    measured, drift = times[: len(students)], table.drift(times[len(students) :])
     rows = [
         {
             "student": str(space.decode(genome)).split(":")[0],

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from transformers import AutoModel, PreTrainedModel
 
 from distilnas.distill.config import DistillConfig, DistillSettings, TaskDistillConfig, TrainSettings
-from distilnas.distill.data import tokenize_split
+from distilnas.distill.data import TokenizedSplit, tokenize_split
 from distilnas.distill.distiller import Distiller, distill_task
 from distilnas.distill.errors import UserError
 from distilnas.distill.finetune import EvalResult, evaluate, finetune_and_evaluate, predict, train
@@ -54,6 +55,16 @@ class Budget:
     task_steps: int
     task_mode: Literal["distil", "finetune"] = "distil"
     """``distil``: task distillation; ``finetune``: fine-tuning on the labels (no teacher)."""
+    task_rows: float = 1.0
+    """The fraction of each task's prepared training rows its task stage trains on (the first ones; at
+    least one): a lower rung of successive halving sees fewer rows as well as fewer steps."""
+
+    def rows(self, split: TokenizedSplit) -> TokenizedSplit:
+        """The first ``task_rows`` of ``split`` (row i stays example i of its teacher cache)."""
+        if self.task_rows >= 1:
+            return split
+        n = max(1, math.ceil(len(split) * self.task_rows))
+        return TokenizedSplit(split.task, split.split, split.dataset.select(range(n)))
 
 
 @dataclass
@@ -249,6 +260,8 @@ class Distillation:
             self.data.glue_dir,
             self.data.train_limit,
         )
+        if self.budget is not None:
+            inputs = replace(inputs, train=self.budget.rows(inputs.train))
         if self.budget is not None and self.budget.task_mode == "finetune":
             settings = self.config.baseline.model_copy(
                 update={

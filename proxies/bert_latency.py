@@ -9,14 +9,15 @@ beside the same student with the dense table: the difference is what it adds (or
 predicted latency is its base plus its depth times its layer, plus its table's difference.
 
 The table reports its own error against whole students measured afterwards
-(:func:`~distilnas.proxies.latency.mape`), timed in rounds beside the table's reference student: the
-reference's ratio to its time in the table is the machine's drift in between, which a prediction is
+(:func:`~distilnas.proxies.latency.mape`), timed in rounds beside the table's reference students: their
+median ratio to their times in the table is the machine's drift in between, which a prediction is
 corrected by when it is compared (the search itself needs no correction: drift scales every student).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,8 +54,9 @@ class BertLatencyTable:
     device: str
     entries: dict[str, dict[str, float]] = field(default_factory=dict)
     tables: dict[str, float] = field(default_factory=dict)
-    reference: dict[str, Any] = field(default_factory=dict)
-    """A student timed with the table (``student``: its width's key, ``layers``, ``ms``)."""
+    references: list[dict[str, Any]] = field(default_factory=list)
+    """Students timed with the table (``student``: its width's key, ``layers``, ``ms``), to be timed again
+    beside measured students: the machine's drift in between (:meth:`drift`)."""
 
     @staticmethod
     def key(width: Width) -> str:
@@ -68,6 +70,13 @@ class BertLatencyTable:
         entry = self.entries[self.key((shape.hidden, shape.heads, shape.intermediate))]
         table = 0.0 if shape.embedding is None else self.tables[self.table_key(shape.hidden, shape.embedding)]
         return entry["base"] + shape.layers * entry["layer"] + table
+
+    def drift(self, times: Sequence[float]) -> float:
+        """The machine's speed now against when the table was timed: the median of the references' times
+        (timed again, in order) over their times in the table (1.0: unchanged; 1.2: 20% slower now)."""
+        return float(
+            statistics.median(t / float(r["ms"]) for t, r in zip(times, self.references, strict=True))
+        )
 
     def matches(self, latency: LatencyConfig, device: torch.device | None = None) -> bool:
         """Whether the table was timed at this setting on this kind of device."""
@@ -97,7 +106,7 @@ def measure_bert_table(
 ) -> BertLatencyTable:
     """Time every width at one and three layers, and every factorised (hidden, E) table as a one-layer
     student beside the dense one, all in the same rounds (:func:`~distilnas.distill.measure.
-    round_robin`); the first width's one-layer student is the table's reference."""
+    round_robin`); the three-layer students of up to four widths spread over them are its references."""
     device = device or default_device()
     widths = sorted(set(widths))
     chosen = {h: min(w for w in widths if w[0] == h) for h, _ in tables}  # one width per hidden size
@@ -114,11 +123,25 @@ def measure_bert_table(
         table.entries[table.key(w)] = {"base": max(0.0, t1 - layer), "layer": layer}
     for (h, e), t in zip(tables, ms[2 * len(widths) :], strict=True):
         table.tables[table.table_key(h, e)] = t - ms[2 * widths.index(chosen[h])]
-    table.reference = {"student": table.key(widths[0]), "layers": 1, "ms": ms[0]}
+    k = min(REFERENCES, len(widths))
+    chosen_refs = sorted({round(i * (len(widths) - 1) / max(1, k - 1)) for i in range(k)})
+    table.references = [
+        {"student": table.key(widths[i]), "layers": 3, "ms": ms[2 * i + 1]} for i in chosen_refs
+    ]
     return table
 
 
-def reference_encoder(table: BertLatencyTable, teacher: PretrainedConfig) -> BertModel:
-    """The table's reference student (timed again beside measured students, to tell the machine's drift)."""
-    h, heads, ffn = map(int, str(table.reference["student"]).split("-"))
-    return plain_encoder(BertShape(int(table.reference["layers"]), h, heads, ffn), teacher)
+REFERENCES = 4
+"""How many of the table's students are its references (one alone, small and fast, drifts with its
+own noise: one run's single 1-layer reference drifted 0.82x while the 13 students it stood for kept
+within 5% of their predictions)."""
+
+
+def reference_encoders(table: BertLatencyTable, teacher: PretrainedConfig) -> list[BertModel]:
+    """The table's reference students, to be timed again beside measured students (:meth:`BertLatencyTable.
+    drift`)."""
+    out = []
+    for ref in table.references:
+        h, heads, ffn = map(int, str(ref["student"]).split("-"))
+        out.append(plain_encoder(BertShape(int(ref["layers"]), h, heads, ffn), teacher))
+    return out

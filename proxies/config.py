@@ -22,9 +22,11 @@ class ProxyConfig(Strict):
     """Optimizer steps of fine-tuning or task distillation on each proxy task."""
     rungs: int = Field(1, ge=1)
     """Successive halving: rungs of proxy budget (1: none). Rung r trains ``eta ** (rungs - 1 - r)`` times
-    fewer steps than the budgets above; the best ``1 / eta`` of each rung are promoted to the next."""
+    fewer steps than the budgets above, on as many times fewer task rows (the first ones); the best
+    ``1 / eta`` of each rung are promoted to the next."""
     eta: int = Field(3, ge=2)
-    """Successive halving's rate: each rung keeps a 1/eta of the candidates, at eta times the steps."""
+    """Successive halving's rate: each rung keeps a 1/eta of the candidates, at eta times the steps and
+    rows."""
 
 
 class FidelityConfig(Strict):

@@ -30,7 +30,7 @@ from distilnas.distill.students import StudentRecord, student_spec
 from distilnas.proxies.config import ProxyConfig
 from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
-from distilnas.spaces.rungs import rung_steps, split_rung
+from distilnas.spaces.rungs import rung_fraction, rung_steps, split_rung
 
 
 @dataclass
@@ -50,12 +50,15 @@ class PreparedProxy:
         return cls(PreparedData.from_json(data["data"]), data["distill"], data["proxy"], data["mode"])
 
     def budget(self, rung: int | None = None) -> Budget:
-        """The proxy's step budgets, at ``rung`` of successive halving (None: the full proxy)."""
+        """The proxy's step budgets and task rows, at ``rung`` of successive halving (None: the full
+        proxy)."""
         proxy = ProxyConfig.model_validate(self.proxy)
         task = rung_steps(proxy.task_steps, rung, proxy.rungs, proxy.eta)
+        rows = rung_fraction(rung, proxy.rungs, proxy.eta)
         if self.mode == "task-agnostic":
-            return Budget(rung_steps(proxy.general_steps, rung, proxy.rungs, proxy.eta), task, "finetune")
-        return Budget(None, task, "distil")
+            general = rung_steps(proxy.general_steps, rung, proxy.rungs, proxy.eta)
+            return Budget(general, task, "finetune", rows)
+        return Budget(None, task, "distil", rows)
 
 
 def prepare_proxy(

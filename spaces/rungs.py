@@ -33,6 +33,11 @@ def rung_steps(steps: int, rung: int | None, rungs: int, eta: int) -> int:
     return max(1, steps // eta ** (rungs - 1 - rung))
 
 
+def rung_fraction(rung: int | None, rungs: int, eta: int) -> float:
+    """The share of a proxy's training rows at ``rung`` (``1 / eta`` per rung below the top)."""
+    return 1.0 if rung is None else 1.0 / eta ** (rungs - 1 - rung)
+
+
 @dataclass
 class RungSpace:
     """``inner``'s candidates at rungs ``0 .. rungs - 1``: the genome, then the rung."""

@@ -30,7 +30,7 @@ from distilnas.proxies.bert_latency import (
     BertLatencyTable,
     measure_bert_table,
     plain_encoder,
-    reference_encoder,
+    reference_encoders,
 )
 from distilnas.proxies.latency import mape
 from distilnas.proxies.mapping_fitness import JointFitness
@@ -296,15 +296,13 @@ def measured_front(
     front: list[tuple[Genome, float]],
 ) -> tuple[list[dict[str, Any]], float]:
     """Each front student with its proxy score, parameters, predicted latency and measured latency (its
-    encoder built and timed as the final stage times students, in rounds beside the table's reference),
-    and the machine's drift since the table was timed (the reference's time now over then)."""
+    encoder built and timed as the final stage times students, in rounds beside the table's references),
+    and the machine's drift since the table was timed (:meth:`BertLatencyTable.drift`)."""
     torch.manual_seed(0)
     candidates = [space.decode(genome) for genome, _ in front]
     models = [plain_encoder(c.shape, space.teacher) for c in candidates]
-    *measured, reference = round_robin(
-        [*models, reference_encoder(table, space.teacher)], cfg.final.latency, 3
-    )
-    drift = reference / float(table.reference["ms"])
+    times = round_robin([*models, *reference_encoders(table, space.teacher)], cfg.final.latency, 3)
+    measured, drift = times[: len(models)], table.drift(times[len(models) :])
     out = []
     for (genome, fitness), candidate, ms in zip(front, candidates, measured, strict=True):
         params, predicted = costs(genome)

@@ -96,6 +96,28 @@ def test_a_budget_is_the_same_recipe_at_fewer_steps(data: PreparedData) -> None:
     assert set(finetuned["rte"]) >= {"score", "metrics", "steps"}  # labels only: no teacher stage figures
 
 
+def test_a_budgets_rows_are_the_first_of_the_prepared_rows(
+    data: PreparedData, tiny_bert: Path, glue_dir: Path, tmp_path: Path
+) -> None:
+    """Half the rows of a 32-row task (a lower rung's) is the same recipe as a task prepared with 16."""
+    half = distil(record(data), PAIRS, data, DISTILL, ["rte"], budget=Budget(2, 2, "distil", 0.5))
+    texts = [line.split("\t")[0] for line in WIKISPLIT.read_text(encoding="utf-8").splitlines()[:64]]
+    teacher = TeacherConfig.model_validate(
+        {
+            "name": str(tiny_bert),
+            "train": {"epochs": 1, "train_limit": 32, "batch_size": 16, "max_length": 32},
+        }
+    )  # the same teacher (fine-tuned on 32 rows); its student's task rows are the first 16
+    sixteen = prepare(
+        teacher, DISTILL, ["rte"], texts, glue_dir, Path(data.cache_dir), tmp_path, 0,
+        corpus_fraction=1.0, train_limit=16, task_caches=True,
+    )  # fmt: skip
+    whole = distil(record(sixteen), PAIRS, sixteen, DISTILL, ["rte"], budget=Budget(2, 2, "distil"))
+    assert figures(half["rte"]) == figures(whole["rte"])
+    full = distil(record(data), PAIRS, data, DISTILL, ["rte"], budget=Budget(2, 2, "distil"))
+    assert full["rte"]["intermediate_loss"] != half["rte"]["intermediate_loss"]  # the rows made a difference
+
+
 def test_a_nas_student_takes_the_same_path_at_its_block_boundaries(
     data: PreparedData, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from distilnas.proxies.bert_latency import (
     BertLatencyTable,
     measure_bert_table,
     plain_encoder,
-    reference_encoder,
+    reference_encoders,
 )
 
 TEACHER = BertConfig(
@@ -51,13 +51,14 @@ def test_predictions_are_exact_for_a_timer_linear_in_depth(monkeypatch: pytest.M
     # a factorised table saves what it saves in parameters: (vocab x h) - (vocab + h) x E
     assert table.tables["64-e8"] == pytest.approx(-(1000 * 64 - (1000 + 64) * 8) / 1e3)
     again = BertLatencyTable.from_json(json.loads(json.dumps(table.to_json())))
-    assert again == table and again.reference == {
-        "student": "32-2-64",
-        "layers": 1,
-        "ms": table.reference["ms"],
-    }
-    reference = reference_encoder(table, TEACHER)
-    assert count_parameters(reference) / 1e3 == table.reference["ms"]
+    assert again == table
+    # references: the three-layer students of widths spread over the table (all three of three here)
+    assert [r["student"] for r in table.references] == ["32-2-64", "64-4-64", "64-4-128"]
+    references = reference_encoders(table, TEACHER)
+    assert [count_parameters(m) / 1e3 for m in references] == [r["ms"] for r in table.references]
+    then = [r["ms"] for r in table.references]
+    assert table.drift(then) == 1.0 and table.drift([1.2 * t for t in then]) == pytest.approx(1.2)
+    assert table.drift([then[0] * 5, then[1] * 1.1, then[2]]) == pytest.approx(1.1)  # the median: one burst
 
 
 def test_round_robin_times_every_model_and_restores_the_threads() -> None:
