@@ -73,7 +73,10 @@ class BertLatencyTable:
 
     def drift(self, times: Sequence[float]) -> float:
         """The machine's speed now against when the table was timed: the median of the references' times
-        (timed again, in order) over their times in the table (1.0: unchanged; 1.2: 20% slower now)."""
+        (timed again, in order) over their times in the table (1.0: unchanged; 1.2: 20% slower now; a
+        table without references: 1.0)."""
+        if not self.references:
+            return 1.0
         return float(
             statistics.median(t / float(r["ms"]) for t, r in zip(times, self.references, strict=True))
         )
@@ -108,9 +111,8 @@ def measure_bert_table(
     student beside the dense one, all in the same rounds (:func:`~distilnas.distill.measure.
     round_robin`); the three-layer students of up to four widths spread over them are its references."""
     device = device or default_device()
-    widths = sorted(set(widths))
+    widths, tables = sorted(set(widths)), sorted(set(tables))
     chosen = {h: min(w for w in widths if w[0] == h) for h, _ in tables}  # one width per hidden size
-    tables = sorted(set(tables))
     shapes = [BertShape(d, *w) for w in widths for d in (1, 3)]
     shapes += [BertShape(1, *chosen[h], embedding=e) for h, e in tables]
     models = [plain_encoder(shape, teacher).to(device) for shape in shapes]  # type: ignore[arg-type]
@@ -124,10 +126,8 @@ def measure_bert_table(
     for (h, e), t in zip(tables, ms[2 * len(widths) :], strict=True):
         table.tables[table.table_key(h, e)] = t - ms[2 * widths.index(chosen[h])]
     k = min(REFERENCES, len(widths))
-    chosen_refs = sorted({round(i * (len(widths) - 1) / max(1, k - 1)) for i in range(k)})
-    table.references = [
-        {"student": table.key(widths[i]), "layers": 3, "ms": ms[2 * i + 1]} for i in chosen_refs
-    ]
+    picked = sorted({round(i * (len(widths) - 1) / max(1, k - 1)) for i in range(k)})
+    table.references = [{"student": table.key(widths[i]), "layers": 3, "ms": ms[2 * i + 1]} for i in picked]
     return table
 
 
