@@ -54,6 +54,8 @@ output_dir: {tmp_path / "run"}
     return cfg
 
 
+@pytest.mark.slow  # keeps `make test` under 10 minutes: exhaustive search under Ray Tune stays in the fast
+# suite (test_mapping_resume kills and resumes it), and so does a whole run's mapping search (test_run)
 def test_search_mapping_end_to_end(
     teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path, cli: Cli
 ) -> None:
