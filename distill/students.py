@@ -186,7 +186,14 @@ class StudentKind:
         seed: int = 0,
     ) -> PreTrainedModel:
         """The student's encoder before distillation."""
-        return build_student(spec, teacher, init, layer_sources, seed=seed, importance_scores=scores)  # type: ignore[arg-type]
+        dense = build_student(spec, teacher, init, layer_sources, seed=seed, importance_scores=scores)  # type: ignore[arg-type]
+        assert isinstance(dense, BertModel)  # an encoder: no task head yet
+        return self.converted(dense, spec)
+
+    def converted(self, dense: BertModel, spec: StudentSpec) -> PreTrainedModel:
+        """The kind's model made from the dense BERT of its shape (built or random), its weights started
+        from the dense ones (a Kronecker or factorised student); the dense BERT itself by default."""
+        return dense
 
     def check_start(self, spec: StudentSpec, teacher: PretrainedConfig, init: str) -> None:
         """Refuse a start the teacher cannot give (copied or extracted layers wider than its), from its
@@ -195,7 +202,7 @@ class StudentKind:
 
     def random_encoder(self, spec: StudentSpec, teacher: PretrainedConfig) -> PreTrainedModel:
         """The encoder as deployed, with random weights (its size and speed do not depend on them)."""
-        return BertModel(bert_config(spec, teacher))
+        return self.converted(BertModel(bert_config(spec, teacher)), spec)
 
     def with_head(self, encoder: PreTrainedModel, teacher_config: PretrainedConfig) -> PreTrainedModel:
         """A sequence-classification student whose encoder is ``encoder``'s weights, labelled as the
@@ -331,20 +338,8 @@ class KroneckerBert(StudentKind):
             raise UserError(f"distill.student.{exc}") from None
         return {"kronecker": factors}
 
-    def build(
-        self,
-        spec: StudentSpec,
-        teacher: PreTrainedModel,
-        init: str,
-        layer_sources: Sequence[int | None] | None = None,
-        scores: tuple[torch.Tensor, torch.Tensor] | None = None,
-        seed: int = 0,
-    ) -> PreTrainedModel:
-        dense = super().build(spec, teacher, init, layer_sources, scores, seed)
-        return kroneckerise(dense, spec.kronecker or {})  # type: ignore[arg-type]
-
-    def random_encoder(self, spec: StudentSpec, teacher: PretrainedConfig) -> PreTrainedModel:
-        return kroneckerise(super().random_encoder(spec, teacher), spec.kronecker or {})  # type: ignore[arg-type]
+    def converted(self, dense: BertModel, spec: StudentSpec) -> PreTrainedModel:
+        return kroneckerise(dense, spec.kronecker or {})
 
     def checkpoint_options(self, config: PretrainedConfig) -> dict[str, Any]:
         factors = getattr(config, "kronecker", None)
@@ -466,21 +461,10 @@ class FactorisedBert(StudentKind):
         check_embedding_size(config.embedding, shape.hidden, "distill.student.embedding")
         return {"embedding": config.embedding}
 
-    def build(
-        self,
-        spec: StudentSpec,
-        teacher: PreTrainedModel,
-        init: str,
-        layer_sources: Sequence[int | None] | None = None,
-        scores: tuple[torch.Tensor, torch.Tensor] | None = None,
-        seed: int = 0,
-    ) -> PreTrainedModel:
+    def converted(self, dense: BertModel, spec: StudentSpec) -> PreTrainedModel:
         """The dense student (copied, extracted or random), its table then factorised by truncated SVD."""
-        dense = super().build(spec, teacher, init, layer_sources, scores, seed)
-        return factorised(dense, spec.embedding)  # type: ignore[arg-type]
-
-    def random_encoder(self, spec: StudentSpec, teacher: PretrainedConfig) -> PreTrainedModel:
-        return factorised(super().random_encoder(spec, teacher), spec.embedding)  # type: ignore[arg-type]
+        assert spec.embedding is not None
+        return factorised(dense, spec.embedding)
 
     def checkpoint_options(self, config: PretrainedConfig) -> dict[str, Any]:
         return {"embedding_size": config.embedding_size}
