@@ -168,6 +168,8 @@ def final_jobs(run_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # keeps `make test` under 10 minutes; a killed search resumes in the fast suite
+# (test_mapping_resume), and a finished run resumes here without redoing anything
 def test_killed_run_resumes_without_redoing_finished_trials(
     finished: tuple[Path, dict], tmp_path: Path
 ) -> None:
