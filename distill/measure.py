@@ -5,7 +5,8 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -112,6 +113,18 @@ def measure_latency(
     )
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: as they are) inside, and put back after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def round_robin(
     models: Sequence[nn.Module], latency: LatencyConfig, rounds: int = 5, desc: str = "timing"
 ) -> list[float]:
@@ -119,30 +132,20 @@ def round_robin(
     each time every model once, after a warm-up round that is discarded. A burst or a drift of a shared
     machine falls on all the models alike, where timing one model after another puts it on a few, and
     the median drops the rounds it spoils."""
-    threads = torch.get_num_threads()
-    if latency.threads:
-        torch.set_num_threads(latency.threads)
     times: list[list[float]] = [[] for _ in models]
-    try:
+    with torch_threads(latency.threads):
         for r in tqdm(range(rounds + 1), desc=desc, unit="round"):
             for i, model in enumerate(models):
                 ms = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
                 if r:  # round 0 warms every model up
                     times[i].append(ms)
-    finally:
-        torch.set_num_threads(threads)
     return [float(statistics.median(t)) for t in times]
 
 
 def timed(model: nn.Module, latency: LatencyConfig) -> dict[str, Any]:
     """Parameters and latency of ``model`` at the ``final.latency`` setting (its threads, then back)."""
-    threads = torch.get_num_threads()
-    if latency.threads:
-        torch.set_num_threads(latency.threads)
-    try:
+    with torch_threads(latency.threads):
         result = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats)
-    finally:
-        torch.set_num_threads(threads)
     return {"params": count_parameters(model), "latency": result.as_dict()}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from distilnas.distill.measure import device_name, trimmed_mean
+from distilnas.distill.measure import device_name, torch_threads, trimmed_mean
 from distilnas.distill.nas_bert import IDENTITY, OPERATIONS, NasBertModel, SlicedEmbeddings, SlicedLinear
 from distilnas.distill.utils import default_device
 from distilnas.spaces.nas_space import BlockPath, NasSpace
@@ -67,40 +67,37 @@ def measure_table(
     """Time every part at every hidden size of ``space`` (each built at exactly that size, as in a
     standalone student)."""
     device = device or default_device()
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, space.vocab_size, (batch_size, seq_len), generator=g).to(device)
-    types = torch.zeros_like(ids)
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    wide = torch.randn(batch_size, seq_len, space.teacher_hidden, generator=g).to(device)
-    table = LatencyTable(batch_size, seq_len, torch.get_num_threads(), device_name(device))
-    jobs: list[tuple[str, Callable[[], object]]] = []
-    for h in space.hidden_sizes:
-        x = torch.randn(batch_size, seq_len, h, generator=g).to(device)
-        emb = SlicedEmbeddings(*space.embeddings, h, 1e-12, 0.0).to(device).eval()
-        inp = SlicedLinear(space.teacher_hidden, h).to(device).eval()
-        out = SlicedLinear(h, space.teacher_hidden).to(device).eval()
-        jobs += [
-            (f"embed@{h}", partial(emb, ids, types, h)),
-            (f"in@{h}", partial(inp, wide)),
-            (f"out@{h}", partial(out, x)),
-        ]
-        for op in space.operations:
-            jobs.append((f"{op}@{h}", partial(OPERATIONS[op](h).to(device).eval(), x, mask)))
-    # The model's own cost beyond its parts (building the mask, collecting outputs): a whole student
-    # of the smallest parts is timed with them, and what its parts do not explain is the overhead.
-    first = (space.operations[0],) + (IDENTITY,) * (space.block_layers - 1)
-    smallest = [BlockPath(min(space.hidden_sizes), first)] * space.blocks
-    model: Any = NasBertModel(nas_config(space, smallest))
-    model = model.to(device).eval()
-    jobs.append(("model", partial(model, ids, mask.long())))
-    # Round robin: each part is timed right after a different one, as inside a model, so it meets caches
-    # as warm or cold as it would there (a part timed alone, again and again, reads as faster).
-    times: dict[str, list[float]] = {key: [] for key, _ in jobs}
-    try:
+    with torch_threads(threads):
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, space.vocab_size, (batch_size, seq_len), generator=g).to(device)
+        types = torch.zeros_like(ids)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        wide = torch.randn(batch_size, seq_len, space.teacher_hidden, generator=g).to(device)
+        table = LatencyTable(batch_size, seq_len, torch.get_num_threads(), device_name(device))
+        jobs: list[tuple[str, Callable[[], object]]] = []
+        for h in space.hidden_sizes:
+            x = torch.randn(batch_size, seq_len, h, generator=g).to(device)
+            emb = SlicedEmbeddings(*space.embeddings, h, 1e-12, 0.0).to(device).eval()
+            inp = SlicedLinear(space.teacher_hidden, h).to(device).eval()
+            out = SlicedLinear(h, space.teacher_hidden).to(device).eval()
+            jobs += [
+                (f"embed@{h}", partial(emb, ids, types, h)),
+                (f"in@{h}", partial(inp, wide)),
+                (f"out@{h}", partial(out, x)),
+            ]
+            for op in space.operations:
+                jobs.append((f"{op}@{h}", partial(OPERATIONS[op](h).to(device).eval(), x, mask)))
+        # The model's own cost beyond its parts (building the mask, collecting outputs): a whole student
+        # of the smallest parts is timed with them, and what its parts do not explain is the overhead.
+        first = (space.operations[0],) + (IDENTITY,) * (space.block_layers - 1)
+        smallest = [BlockPath(min(space.hidden_sizes), first)] * space.blocks
+        model: Any = NasBertModel(nas_config(space, smallest))
+        model = model.to(device).eval()
+        jobs.append(("model", partial(model, ids, mask.long())))
+        # Round robin: each part is timed right after a different one, as inside a model, so it meets caches
+        # as warm or cold as it would there (a part timed alone, again and again, reads as faster).
+        times: dict[str, list[float]] = {key: [] for key, _ in jobs}
         with torch.inference_mode():
             for r in tqdm(range(warmup + repeats), desc="latency table", unit="round"):
                 for key, call in jobs:
@@ -112,9 +109,7 @@ def measure_table(
         table.entries = {key: trimmed_mean(ts, trim) for key, ts in times.items()}
         whole = table.entries.pop("model")
         table.entries["overhead"] = max(0.0, whole - table.predict(smallest))
-    finally:
-        torch.set_num_threads(before)
-    return table
+        return table
 
 
 def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
