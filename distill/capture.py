@@ -19,6 +19,8 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from distilnas.distill.dropout import dropout as fast_dropout
+
 IMPLEMENTATION = "distilnas"
 
 
@@ -53,9 +55,7 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """Scaled dot-product attention (as transformers' SDPA path), recording into the active Capture."""
     rec = _ACTIVE.get()
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
-    )
+    out = _attend(query, key, value, attention_mask, scaling, dropout)
     if rec is not None:
         layer = int(module.layer_idx)  # type: ignore[arg-type]  # set by every BERT self-attention
         if rec.record_qkv:  # keys past the queries are a referenced student's reference tokens
@@ -65,6 +65,28 @@ def attention(
         if mask is not None:
             out = out * mask.view(1, -1, 1, 1)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+    p: float,
+) -> torch.Tensor:
+    """SDPA; with dropout on CPU, SDPA's own math path but with :func:`~distilnas.distill.dropout.dropout`'s
+    mask (SDPA would draw it with the slow ``bernoulli_``)."""
+    if p == 0 or query.device.type != "cpu":
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=p, scale=scale)
+    scores = query @ key.transpose(-1, -2) * (scale if scale is not None else query.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = (
+            scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            if mask.dtype == torch.bool
+            else scores + mask
+        )
+    return fast_dropout(scores.softmax(-1), p) @ value
 
 
 AttentionInterface.register(IMPLEMENTATION, attention)

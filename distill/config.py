@@ -185,6 +185,9 @@ class DistillSettings(Strict):
     """Pad every batch to this length; empty: dynamic padding with length-bucketed batches."""
     checkpoint_every: int = Field(200, ge=0)
     """Save a resumable checkpoint every N steps (0: only at the end)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Matrix products of the student (and a live teacher) in bf16 autocast, weights and optimizer in
+    fp32; ``auto``: bf16 where the device has it natively (CUDA, CPUs with AVX512-BF16 or AMX)."""
     seed: int = 0
 
 

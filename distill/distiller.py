@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from distilnas.distill.capture import capture, enable_capture
 from distilnas.distill.config import DistillSettings, TaskDistillConfig
 from distilnas.distill.data import LengthBucketBatches, PackedRows
+from distilnas.distill.dropout import use_fast_dropout
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
 from distilnas.distill.students import kind_of_model
@@ -46,7 +47,9 @@ from distilnas.distill.utils import (
     autocast_context,
     default_device,
     fingerprint,
+    keep_freed_memory,
     seed_everything,
+    uses_bf16,
 )
 
 log = logging.getLogger(__name__)
@@ -141,7 +144,7 @@ def student_views(student: PreTrainedModel, batch: dict[str, torch.Tensor], need
     with capture(record_qkv=need_qkv) as rec:
         out = student(**inputs, output_hidden_states=True)
     return Views(
-        hidden=dict(enumerate(out.hidden_states)),
+        hidden={i: h.float() for i, h in enumerate(out.hidden_states)},  # losses run in fp32 under autocast
         qkv={i + 1: v for i, v in rec.qkv.items()},
         logits=getattr(out, "logits", None),
         heads=int(student.config.num_attention_heads),
@@ -161,10 +164,12 @@ class Distiller:
         projections: nn.ModuleDict | None = None,
     ) -> None:
         self.device = default_device()
-        self.student = enable_capture(student.to(self.device))  # type: ignore[arg-type]
+        keep_freed_memory()  # a step's large buffers are reused, not page-faulted in anew
+        self.student = enable_capture(use_fast_dropout(student.to(self.device)))  # type: ignore[arg-type]
         self.teacher = teacher
         self.settings = settings
         self.regression = regression
+        self.bf16 = uses_bf16(settings.precision, self.device)
         self.pairs = list(pairs)
         self.weights = {k: v for k, v in settings.losses.items() if v}
         hs = int(student.config.hidden_size)
@@ -212,8 +217,8 @@ class Distiller:
         mask = batch["attention_mask"].bool()
         width = int(mask.sum(1).max())
         real = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
-        teacher = self.teacher.views(rows, real, self.hidden_layers, self.qkv_layers)
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.bf16):  # a live teacher runs in the student's precision
+            teacher = self.teacher.views(rows, real, self.hidden_layers, self.qkv_layers)
             student = student_views(self.student, batch, bool(self.qkv_layers)).trimmed(width)
         return LossContext(
             student=student,
@@ -321,7 +326,7 @@ class Distiller:
 
     def run_key(self, data: Dataset | PackedRows) -> str:
         """What a checkpoint must match to be resumed: the settings, the pairs, the rows trained on, the
-        teacher (and its cache), the student's shape and kind."""
+        teacher (and its cache), the student's shape and kind, and the precision ``auto`` chose here."""
         packed = data if isinstance(data, PackedRows) else PackedRows(data)
         cfg = self.student.config
         shape: tuple[int, ...] = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads)
@@ -329,7 +334,13 @@ class Distiller:
             shape += (cfg.intermediate_size,)
         options = kind_of_model(self.student).checkpoint_options(cfg)
         return fingerprint(
-            self.settings.model_dump(), self.pairs, rows_digest(packed), self.teacher.identity, shape, options
+            self.settings.model_dump(),
+            self.pairs,
+            rows_digest(packed),
+            self.teacher.identity,
+            shape,
+            options,
+            "bf16" if self.bf16 else "fp32",
         )
 
 

@@ -1,0 +1,335 @@
+"""Benchmark: distilnas' distillation step against TextBrewer's (0.2.1, ``GeneralDistiller``), side by side.
+
+Both train the same student from the same initial weights against the MiniLM-L6 teacher on SST-2 train
+sentences, with the same losses: embedding and hidden-state MSE through linear projections to the
+teacher's width, over a uniform layer mapping, plus attention MSE for the 12-head students (TextBrewer
+matches the attention probabilities HF returns; distilnas TinyBERT's pre-softmax scores, from Q and K:
+the same work of one (heads, tokens, tokens) tensor per mapped layer), AdamW, a linear schedule and
+gradient clipping at 1. Each step is timed from the batch to the zeroed gradients, on:
+
+- TextBrewer, consecutive rows: batches of rows in their dataset order, padded to their longest row (a
+  DataLoader with a padding collator, as TextBrewer's examples have it);
+- TextBrewer on distilnas' length-bucketed batches (identical batches from here on);
+- distilnas with the live teacher, and with the teacher-output cache, at its default precision
+  (``auto``: bf16 autocast where the CPU or GPU has native bf16), and the cache at fp32.
+
+Runners alternate round by round (``--rounds``, each ``--steps`` steps, after ``--warmup`` untimed
+steps), so a slow spell of this shared machine falls on all of them; figures are medians. A second
+table gives each step's achieved GFLOP/s (FLOPs from torch's FLOP counter over forward and backward)
+against the machine's fp32 (and, for runners in bf16, bf16) matmul rate measured in the same run, and
+the share of a cached step spent reading the cache.
+
+TextBrewer is a bench-only dependency (never installed by ``make install``)::
+
+    .venv/bin/pip install --no-deps textbrewer==0.2.1 tensorboardX
+    .venv/bin/python bench/vs_textbrewer.py [--rounds 3] [--steps 12] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import get_linear_schedule_with_warmup
+
+from distilnas.distill.bert import BertShape, build_student
+from distilnas.distill.config import DistillSettings
+from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_split
+from distilnas.distill.distiller import CachedTeacher, Distiller, LiveTeacher
+from distilnas.distill.glue import get_task
+from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
+from distilnas.distill.teacher_cache import teacher_cache
+from distilnas.spaces.mapping import LayerMapping
+
+SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
+"""(layers, hidden, heads): heads None is the teacher's head size; 12 heads adds attention MSE."""
+LR, WEIGHT_DECAY, TOTAL_STEPS = 1e-4, 0.01, 10_000
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Dense matmul throughput of this machine at ``dtype`` (median of repeats)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+Batch = dict[str, torch.Tensor]
+
+
+class Runner:
+    """One way of training a student: a step on rows, and the FLOPs of its forward and backward."""
+
+    name: str
+    bf16: bool = False
+
+    def step(self, rows: list[int], batch: Batch) -> None:
+        raise NotImplementedError
+
+    def flops(self, rows: list[int], batch: Batch) -> int:
+        raise NotImplementedError
+
+
+class TextBrewerRunner(Runner):
+    def __init__(self, name: str, student: torch.nn.Module, teacher: torch.nn.Module, pairs, attention: bool):  # type: ignore[no-untyped-def]
+        from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+        self.name = name
+        implementation = "eager" if attention else "sdpa"  # HF returns attention probabilities in eager only
+        teacher = copy.deepcopy(teacher).eval()
+        teacher.set_attn_implementation(implementation)
+        student.set_attn_implementation(implementation)
+        self.student = student.train()
+        hs, ht = student.config.hidden_size, teacher.config.hidden_size
+        proj = ["linear", hs, ht] if hs != ht else None
+        matches = [
+            {"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1, "proj": proj}
+            for s, t in pairs
+        ]
+        if attention:
+            matches += [
+                {
+                    "layer_T": t - 1,
+                    "layer_S": s - 1,
+                    "feature": "attention",
+                    "loss": "attention_mse",
+                    "weight": 1,
+                }
+                for s, t in pairs
+                if s > 0
+            ]
+
+        def adaptor(batch: Batch, out) -> dict:  # type: ignore[no-untyped-def]
+            return {
+                "hidden": out.hidden_states,
+                "attention": out.attentions or [],
+                "inputs_mask": batch["attention_mask"],
+            }
+
+        self.distiller = GeneralDistiller(
+            TrainingConfig(device="cpu", log_dir=None),
+            DistillationConfig(intermediate_matches=matches, kd_loss_weight=0, hard_label_weight=0),
+            teacher,
+            student,
+            adaptor,
+            adaptor,
+        )
+        optimizer = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.optimizer, _, _ = self.distiller.initialize_training(optimizer, None, None, None)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, TOTAL_STEPS // 10, TOTAL_STEPS)
+        self.args = {"output_hidden_states": True, "output_attentions": attention}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.distiller.train_on_batch(inputs, self.args)[0]
+
+    def step(self, rows: list[int], batch: Batch) -> None:  # TextBrewer's own loop body
+        self.loss(batch).backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+
+    def flops(self, rows: list[int], batch: Batch) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.loss(batch).backward()
+        self.optimizer.zero_grad()
+        return int(counter.get_total_flops())
+
+
+class TimedCache(CachedTeacher):
+    """The cache, with the time each read takes."""
+
+    def __init__(self, cache) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(cache)
+        self.seconds: list[float] = []
+
+    def views(self, rows, batch, hidden, qkv):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = super().views(rows, batch, hidden, qkv)
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+
+class DistilnasRunner(Runner):
+    def __init__(self, name: str, distiller: Distiller) -> None:
+        self.name = name
+        self.distiller = distiller
+        self.bf16 = bool(getattr(distiller, "bf16", False))
+        self.optimizer = distiller.optimizer()
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, TOTAL_STEPS // 10, TOTAL_STEPS)
+        distiller.student.train()
+
+    def step(self, rows: list[int], batch: Batch) -> None:
+        self.distiller.train_step(rows, batch, self.optimizer, self.scheduler)
+
+    def flops(self, rows: list[int], batch: Batch) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.distiller.loss(rows, batch)[0].backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
+
+
+def settings(losses: dict[str, float], precision: str | None) -> DistillSettings:
+    extra = {"precision": precision} if precision and "precision" in DistillSettings.model_fields else {}
+    return DistillSettings(losses=losses, lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0, **extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--examples", type=int, default=2048, help="SST-2 train sentences cached")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per runner per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per runner before round 1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shapes", default="all", help="comma-separated indices into the four shapes")
+    parser.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
+    parser.add_argument("--cache-dir", default=os.environ.get("DISTILNAS_CACHE", ".cache/distilnas"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    source = resolve("minilm-l6")
+    tokenizer, teacher = load_tokenizer(source), load_encoder(source)
+    data = tokenize_split(
+        get_task("sst2"), "train", tokenizer, 128, Path(args.glue_dir), args.cache_dir, limit=args.examples
+    ).dataset
+    cache = teacher_cache(teacher, source.identity(), data, 128, ["hidden", "qkv"], args.cache_dir)
+    packed = PackedRows(data)
+    n = args.warmup + args.rounds * args.steps
+    bucketed = list(LengthBucketBatches(packed.lengths, args.batch_size, seed=0))[:n]
+    consecutive = [
+        list(range(i, i + args.batch_size)) for i in range(0, n * args.batch_size, args.batch_size)
+    ]
+    peak = {False: matmul_gflops(torch.float32), True: matmul_gflops(torch.bfloat16)}
+    depth = teacher.config.num_hidden_layers
+    chosen = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+
+    times_table = Table(
+        title=f"distillation step, ms (median), MiniLM-L6 teacher, SST-2 train, batch {args.batch_size}"
+    )
+    for col in (
+        "student",
+        "TextBrewer consecutive",
+        "TextBrewer bucketed",
+        "live",
+        "cache",
+        "cache fp32",
+        "cache vs TB (same batches)",
+        "cache vs TB consecutive",
+        "live vs TB (same batches)",
+    ):
+        times_table.add_column(col, justify="right")
+    rate_table = Table(
+        title="achieved GFLOP/s per step (% of this machine's fp32 matmul rate; in bf16, also of bf16's)"
+    )
+    for col in (
+        "student",
+        "TextBrewer bucketed",
+        "live",
+        "cache",
+        "cache fp32",
+        "cache read, % of cached step",
+    ):
+        rate_table.add_column(col, justify="right")
+
+    for layers, hidden, heads in chosen:
+        shape = BertShape.like(teacher.config, layers, hidden)
+        if heads:
+            shape = BertShape(layers, hidden, heads, shape.intermediate)
+        attention = shape.heads == teacher.config.num_attention_heads
+        losses = {"embedding_mse": 1.0, "hidden_mse": 1.0} | ({"attention_mse": 1.0} if attention else {})
+        pairs = LayerMapping.uniform(layers, depth).pairs()
+        name = f"{shape.size_name}, {shape.heads}h" + (" +attention" if attention else "")
+
+        def student(shape: BertShape = shape) -> torch.nn.Module:
+            return build_student(shape, teacher, "random", seed=0)
+
+        timed_cache = TimedCache(cache)
+        runners: list[tuple[Runner, list[list[int]]]] = [
+            (TextBrewerRunner("TextBrewer consecutive", student(), teacher, pairs, attention), consecutive),
+            (TextBrewerRunner("TextBrewer bucketed", student(), teacher, pairs, attention), bucketed),
+            (
+                DistilnasRunner(
+                    "live", Distiller(student(), LiveTeacher(teacher), pairs, settings(losses, None))
+                ),
+                bucketed,
+            ),
+            (
+                DistilnasRunner("cache", Distiller(student(), timed_cache, pairs, settings(losses, None))),
+                bucketed,
+            ),
+            (
+                DistilnasRunner(
+                    "cache fp32", Distiller(student(), CachedTeacher(cache), pairs, settings(losses, "fp32"))
+                ),
+                bucketed,
+            ),
+        ]
+        times: dict[str, list[float]] = {r.name: [] for r, _ in runners}
+
+        def step_of(runner: Runner, rows: list[int]) -> float:
+            batch = packed.batch(rows)
+            start = time.perf_counter()
+            runner.step(rows, batch)
+            return time.perf_counter() - start
+
+        for runner, batches in runners:
+            for rows in batches[: args.warmup]:
+                step_of(runner, rows)
+        timed_cache.seconds.clear()
+        for r in range(args.rounds):
+            lo = args.warmup + r * args.steps
+            for runner, batches in runners:
+                times[runner.name] += [step_of(runner, rows) for rows in batches[lo : lo + args.steps]]
+        ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        times_table.add_row(
+            name,
+            *(
+                f"{ms[k]:.1f}"
+                for k in ("TextBrewer consecutive", "TextBrewer bucketed", "live", "cache", "cache fp32")
+            ),
+            f"{ms['TextBrewer bucketed'] / ms['cache']:.2f}x",
+            f"{ms['TextBrewer consecutive'] / ms['cache']:.2f}x",
+            f"{ms['TextBrewer bucketed'] / ms['live']:.2f}x",
+        )
+        cells = []
+        for runner, batches in runners[1:]:
+            timed = batches[args.warmup : args.warmup + args.steps]
+            flops = statistics.mean(runner.flops(rows, packed.batch(rows)) for rows in timed)
+            gflops = flops / (ms[runner.name] / 1000) / 1e9
+            of_bf16 = f", {100 * gflops / peak[True]:.0f}% of bf16" if runner.bf16 else ""
+            cells.append(f"{gflops:.0f} ({100 * gflops / peak[False]:.0f}%{of_bf16})")
+        read = 1000 * statistics.median(timed_cache.seconds)
+        rate_table.add_row(name, *cells, f"{read:.1f} ms ({100 * read / ms['cache']:.0f}%)")
+    auto = "bf16" if runners[3][0].bf16 else "fp32"  # what auto chose (an older tree has no precision)
+    caption = (
+        f"matmul 2048^3: fp32 {peak[False]:.0f} GFLOP/s, bf16 {peak[True]:.0f} GFLOP/s; "
+        f"threads {torch.get_num_threads()}; medians of {args.rounds} alternating rounds x "
+        f"{args.steps} steps after {args.warmup} warm-up; live and cache at precision auto ({auto} here)"
+    )
+    times_table.caption = caption
+    console = Console(width=200)
+    console.print(times_table)
+    console.print(rate_table)
+
+
+if __name__ == "__main__":
+    main()
