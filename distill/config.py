@@ -188,6 +188,9 @@ class DistillSettings(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Matrix products of the student (and a live teacher) in bf16 autocast, weights and optimizer in
     fp32; ``auto``: bf16 where the device has it natively (CUDA, CPUs with AVX512-BF16 or AMX)."""
+    embedding_updates: Literal["dense", "rows"] = "dense"
+    """``rows``: the word-embedding table is trained by the rows each batch has, the others waiting
+    (LazyAdam; :mod:`distilnas.distill.optim`), not by a dense pass over all of them."""
     seed: int = 0
 
 

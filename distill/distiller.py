@@ -39,10 +39,10 @@ from distilnas.distill.data import LengthBucketBatches, PackedRows
 from distilnas.distill.dropout import use_fast_dropout
 from distilnas.distill.errors import UserError
 from distilnas.distill.losses import LOSSES, LossContext, Views, combined, teacher_fields
+from distilnas.distill.optim import RowAdamW, adamw, clip_grad_norm
 from distilnas.distill.students import kind_of_model
 from distilnas.distill.teacher_cache import TeacherCache
 from distilnas.distill.utils import (
-    adamw,
     atomic_dir,
     autocast_context,
     default_device,
@@ -174,6 +174,7 @@ class Distiller:
         self.weights = {k: v for k, v in settings.losses.items() if v}
         hs = int(student.config.hidden_size)
         self._check(hs)
+        self._embedding_gradient()
         torch.manual_seed(settings.seed)
         needs_projection = any(LOSSES[k].projects_hidden for k in self.weights)
         self.projections = projections if projections is not None else nn.ModuleDict()
@@ -203,6 +204,19 @@ class Distiller:
             raise UserError(
                 f"attention_mse needs equal head counts (student {self.student.config.num_attention_heads}, "
                 f"teacher {self.teacher.heads}); use minilm_relation"
+            )
+
+    def _embedding_gradient(self) -> None:
+        """A sparse word-embedding gradient for ``embedding_updates: rows``, else a dense one (a student
+        trained before in rows mode is dense again)."""
+        table = self.student.get_input_embeddings()
+        rows = self.settings.embedding_updates == "rows"
+        if type(table) is nn.Embedding:
+            table.sparse = rows
+        elif rows:
+            raise UserError(
+                f"embedding_updates: rows needs a plain word-embedding table; this student's is a "
+                f"{type(table).__name__} (use dense)"
             )
 
     # ------------------------------------------------------------------ one batch
@@ -243,7 +257,10 @@ class Distiller:
         return [*self.student.parameters(), *self.projections.parameters()]
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return adamw(self.parameters, self.settings.lr, self.settings.weight_decay)
+        s = self.settings
+        if s.embedding_updates == "rows":
+            return RowAdamW(self.parameters, s.lr, s.weight_decay)
+        return adamw(self.parameters, s.lr, s.weight_decay)
 
     def train_step(
         self,
@@ -255,7 +272,7 @@ class Distiller:
         """One optimizer step on one batch (loss, backward, clipping, update): the loss and its parts."""
         loss, parts = self.loss(rows, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm, foreach=True)
+        clip_grad_norm(self.parameters, self.settings.max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

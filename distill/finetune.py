@@ -18,7 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import LengthBucketBatches, TokenizedSplit, collate, tokenize_split
 from distilnas.distill.glue import GlueTask, compute_metrics, predictions_to_labels
-from distilnas.distill.utils import adamw, autocast_context, default_device, seed_everything
+from distilnas.distill.optim import adamw
+from distilnas.distill.utils import autocast_context, default_device, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -279,14 +279,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "distilnas"
 
 
-def adamw(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW, fused where torch has a fused kernel for the device (about 7x faster on CPU here)."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
 def register_student(model_type: str, config: type, encoder: type, classifier: type) -> None:
     """Register a student model type with transformers' Auto classes (config, encoder, classifier), so
     its saved folders load with ``AutoModel`` and ``AutoModelForSequenceClassification``; a second call

@@ -36,7 +36,8 @@ from transformers import AutoModel
 
 from distilnas.distill.data import LengthBucketBatches
 from distilnas.distill.nas_bert import NasBlock
-from distilnas.distill.utils import adamw, atomic_dir, atomic_write_json, default_device, seed_everything
+from distilnas.distill.optim import adamw
+from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, seed_everything
 from distilnas.proxies.block_proxy import BlockProxy
 from distilnas.proxies.latency import LatencyTable
 from distilnas.search.config import SupernetSearchConfig

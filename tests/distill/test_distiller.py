@@ -48,23 +48,25 @@ def test_distillation_lowers_the_loss(tiny_teacher, sentences) -> None:  # type:
     assert d.loss(rows, batch)[0].item() < 0.8 * before
 
 
-def test_resume_equals_uninterrupted(tiny_teacher, sentences, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("updates", ["dense", "rows"])
+def test_resume_equals_uninterrupted(tiny_teacher, sentences, tmp_path: Path, updates: str) -> None:  # type: ignore[no-untyped-def]
+    settings = SETTINGS.model_copy(update={"embedding_updates": updates})
     cache = teacher_cache(tiny_teacher, "tiny", sentences, 32, ["hidden", "qkv"], tmp_path / "cache")
     teacher = CachedTeacher(cache)
     full = student(tiny_teacher)
-    Distiller(full, teacher, PAIRS, SETTINGS).fit(sentences, tmp_path / "a")
+    Distiller(full, teacher, PAIRS, settings).fit(sentences, tmp_path / "a")
 
     killed = student(tiny_teacher)
-    first = Distiller(killed, teacher, PAIRS, SETTINGS).fit(sentences, tmp_path / "b", stop_after=6)
+    first = Distiller(killed, teacher, PAIRS, settings).fit(sentences, tmp_path / "b", stop_after=6)
     assert first.steps == 6  # stopped between checkpoints: steps 5 and 6 are lost, as in a kill
     resumed = student(tiny_teacher)  # a fresh process: new student, new optimizer
-    result = Distiller(resumed, teacher, PAIRS, SETTINGS).fit(sentences, tmp_path / "b")
+    result = Distiller(resumed, teacher, PAIRS, settings).fit(sentences, tmp_path / "b")
     assert result.resumed_from == 4 and result.steps == 12
     a, b = weights(full), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # spanning an epoch boundary (96 rows / 16 = 6 batches per epoch) changed nothing either
     again = student(tiny_teacher)
-    done = Distiller(again, teacher, PAIRS, SETTINGS).fit(sentences, tmp_path / "b")
+    done = Distiller(again, teacher, PAIRS, settings).fit(sentences, tmp_path / "b")
     assert done.resumed_from == 12 and all(torch.equal(a[k], v) for k, v in weights(again).items())
 
 

@@ -1,5 +1,6 @@
 """What makes the distillation step fast changes only what it may: dropout from random bits keeps torch's
-distribution, bf16 autocast stays within its stated tolerance of fp32, and glibc keeps freed memory."""
+distribution, bf16 autocast stays within its stated tolerance of fp32, glibc keeps freed memory, and an
+embedding table trained by rows gives the rows a batch has AdamW's own update."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from distilnas.distill.config import DistillSettings
 from distilnas.distill.data import collate
 from distilnas.distill.distiller import Distiller, LiveTeacher
 from distilnas.distill.dropout import FastDropout, dropout, keep_mask, use_fast_dropout
+from distilnas.distill.optim import RowAdamW, adamw, clip_grad_norm
 from distilnas.distill.utils import keep_freed_memory, native_bf16, uses_bf16
 
 
@@ -121,3 +123,70 @@ def test_freed_memory_is_kept_on_glibc() -> None:
     assert kept == keep_freed_memory()  # once per process
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert kept
+
+
+def _table_and_grads(rows: list[list[int]], sparse: bool) -> tuple[nn.Embedding, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    table = nn.Embedding(12, 5, sparse=sparse)
+    targets = [torch.randn(len(r), 5) for r in rows]
+    return table, targets
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_row_adamw_gives_seen_rows_adamw_s_update_and_leaves_the_others(decay: float) -> None:
+    batches = [[0, 3, 3, 7], [0, 3, 7, 7], [3, 0, 7, 0]]  # rows 0, 3, 7 in every batch, repeats summed
+    results = {}
+    for sparse in (False, True):
+        table, targets = _table_and_grads(batches, sparse)
+        start = table.weight.detach().clone()
+        opt = RowAdamW(table.parameters(), 1e-2, decay) if sparse else adamw(table.parameters(), 1e-2, decay)
+        for rows, target in zip(batches, targets, strict=True):
+            F.mse_loss(table(torch.tensor(rows)), target).backward()
+            clip_grad_norm(list(table.parameters()), 1e9)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        results[sparse] = (table.weight.detach(), start, opt)
+    (dense, start, _), (rows_w, start_r, opt) = results[False], results[True]
+    seen = [0, 3, 7]
+    torch.testing.assert_close(rows_w[seen], dense[seen], rtol=1e-6, atol=1e-7)
+    unseen = [i for i in range(12) if i not in seen]
+    assert torch.equal(rows_w[unseen], start_r[unseen])  # not decayed, not moved
+    if decay:
+        assert not torch.equal(dense[unseen], start[unseen])  # dense AdamW decays them
+    state = opt.state[next(iter(opt.state))]
+    assert float(state["step"]) == 3 and torch.count_nonzero(state["exp_avg"][unseen]) == 0
+    # the state travels in state_dict as AdamW's does
+    again = RowAdamW(nn.Embedding(12, 5, sparse=True).parameters(), 1e-2, decay)
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(next(iter(again.state.values()))["exp_avg_sq"], state["exp_avg_sq"])
+
+
+def test_clipping_counts_a_sparse_gradient_as_its_dense_one() -> None:
+    norms, grads = {}, {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        table, head = nn.Embedding(20, 4, sparse=sparse), nn.Linear(4, 3)
+        head(table(torch.tensor([[1, 2, 2, 9]]))).pow(2).sum().mul(50).backward()
+        params = [*table.parameters(), *head.parameters()]
+        norms[sparse] = clip_grad_norm(params, 0.5).item()
+        grads[sparse] = [p.grad.to_dense() for p in params]  # type: ignore[union-attr]
+    assert norms[True] == pytest.approx(norms[False], rel=1e-6) and norms[False] > 0.5
+    for a, b in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads[True]]))
+    assert total.item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_rows_updates_need_a_plain_table_and_a_dense_run_makes_it_dense_again(tiny_teacher) -> None:  # type: ignore[no-untyped-def]
+    from distilnas.distill.errors import UserError
+    from distilnas.distill.factorised import factorised
+
+    plain = build_student(BertShape(2, 32, 2, 64), tiny_teacher, "random", seed=0)
+    rows = DistillSettings(embedding_updates="rows", relation_heads=4)
+    d = Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], rows)
+    assert plain.get_input_embeddings().sparse and isinstance(d.optimizer(), RowAdamW)
+    Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
+    assert not plain.get_input_embeddings().sparse
+    narrow = factorised(build_student(BertShape(2, 32, 2, 64), tiny_teacher, "random", seed=0), 8)
+    with pytest.raises(UserError, match="embedding_updates: rows needs a plain word-embedding table"):
+        Distiller(narrow, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], rows)
