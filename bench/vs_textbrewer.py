@@ -10,8 +10,9 @@ gradient clipping at 1. Each step is timed from the batch to the zeroed gradient
 - TextBrewer, consecutive rows: batches of rows in their dataset order, padded to their longest row (a
   DataLoader with a padding collator, as TextBrewer's examples have it);
 - TextBrewer on distilnas' length-bucketed batches (identical batches from here on);
-- distilnas with the live teacher, and with the teacher-output cache, at its default precision
-  (``auto``: bf16 autocast where the CPU or GPU has native bf16), and the cache at fp32.
+- distilnas with the live teacher, and with the teacher-output cache, at its default settings
+  (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the cache at fp32; the cache
+  with ``embedding_updates: rows``. A tree without a setting (the code before a change) skips its column.
 
 Runners alternate round by round (``--rounds``, each ``--steps`` steps, after ``--warmup`` untimed
 steps), so a slow spell of this shared machine falls on all of them; figures are medians. A second
@@ -52,6 +53,8 @@ from distilnas.spaces.mapping import LayerMapping
 SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
 """(layers, hidden, heads): heads None is the teacher's head size; 12 heads adds attention MSE."""
 LR, WEIGHT_DECAY, TOTAL_STEPS = 1e-4, 0.01, 10_000
+ROWS = {"embedding_updates": "rows"}
+"""The word-embedding table trained by the rows a batch has (not the default: it changes what is learned)."""
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -185,8 +188,7 @@ class DistilnasRunner(Runner):
         return int(counter.get_total_flops())
 
 
-def settings(losses: dict[str, float], precision: str | None) -> DistillSettings:
-    extra = {"precision": precision} if precision and "precision" in DistillSettings.model_fields else {}
+def settings(losses: dict[str, float], extra: dict[str, str]) -> DistillSettings:
     return DistillSettings(losses=losses, lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0, **extra)
 
 
@@ -222,34 +224,32 @@ def main() -> None:
     depth = teacher.config.num_hidden_layers
     chosen = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
+    distilnas = {"live": {}, "cache": {}, "cache fp32": {"precision": "fp32"}, "cache rows": ROWS}
+    known = {k: v for k, v in distilnas.items() if set(v) <= set(DistillSettings.model_fields)}
+    brewers = ("TextBrewer consecutive", "TextBrewer bucketed")
     times_table = Table(
         title=f"distillation step, ms (median), MiniLM-L6 teacher, SST-2 train, batch {args.batch_size}"
     )
+    ratios = [
+        ("cache", "TextBrewer bucketed"),
+        ("cache", "TextBrewer consecutive"),
+        ("live", "TextBrewer bucketed"),
+    ]
+    ratios += [("cache rows", b) for b in brewers[::-1] if "cache rows" in known]
     for col in (
         "student",
-        "TextBrewer consecutive",
-        "TextBrewer bucketed",
-        "live",
-        "cache",
-        "cache fp32",
-        "cache vs TB (same batches)",
-        "cache vs TB consecutive",
-        "live vs TB (same batches)",
+        *brewers,
+        *known,
+        *(f"{a} vs {b.removeprefix('TextBrewer ')} TB" for a, b in ratios),
     ):
         times_table.add_column(col, justify="right")
     rate_table = Table(
         title="achieved GFLOP/s per step (% of this machine's fp32 matmul rate; in bf16, also of bf16's)"
     )
-    for col in (
-        "student",
-        "TextBrewer bucketed",
-        "live",
-        "cache",
-        "cache fp32",
-        "cache read, % of cached step",
-    ):
+    for col in ("student", "TextBrewer bucketed", *known, "cache read, % of cached step"):
         rate_table.add_column(col, justify="right")
 
+    auto = "fp32"
     for layers, hidden, heads in chosen:
         shape = BertShape.like(teacher.config, layers, hidden)
         if heads:
@@ -264,25 +264,20 @@ def main() -> None:
 
         timed_cache = TimedCache(cache)
         runners: list[tuple[Runner, list[list[int]]]] = [
-            (TextBrewerRunner("TextBrewer consecutive", student(), teacher, pairs, attention), consecutive),
-            (TextBrewerRunner("TextBrewer bucketed", student(), teacher, pairs, attention), bucketed),
-            (
-                DistilnasRunner(
-                    "live", Distiller(student(), LiveTeacher(teacher), pairs, settings(losses, None))
-                ),
-                bucketed,
-            ),
-            (
-                DistilnasRunner("cache", Distiller(student(), timed_cache, pairs, settings(losses, None))),
-                bucketed,
-            ),
-            (
-                DistilnasRunner(
-                    "cache fp32", Distiller(student(), CachedTeacher(cache), pairs, settings(losses, "fp32"))
-                ),
-                bucketed,
-            ),
+            (TextBrewerRunner(brewers[0], student(), teacher, pairs, attention), consecutive),
+            (TextBrewerRunner(brewers[1], student(), teacher, pairs, attention), bucketed),
         ]
+        for key, extra in known.items():
+            source = (
+                LiveTeacher(teacher)
+                if key == "live"
+                else timed_cache
+                if key == "cache"
+                else CachedTeacher(cache)
+            )
+            d = Distiller(student(), source, pairs, settings(losses, extra))
+            runners.append((DistilnasRunner(key, d), bucketed))
+            auto = "bf16" if key == "cache" and runners[-1][0].bf16 else auto
         times: dict[str, list[float]] = {r.name: [] for r, _ in runners}
 
         def step_of(runner: Runner, rows: list[int]) -> float:
@@ -302,13 +297,8 @@ def main() -> None:
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         times_table.add_row(
             name,
-            *(
-                f"{ms[k]:.1f}"
-                for k in ("TextBrewer consecutive", "TextBrewer bucketed", "live", "cache", "cache fp32")
-            ),
-            f"{ms['TextBrewer bucketed'] / ms['cache']:.2f}x",
-            f"{ms['TextBrewer consecutive'] / ms['cache']:.2f}x",
-            f"{ms['TextBrewer bucketed'] / ms['live']:.2f}x",
+            *(f"{ms[k]:.1f}" for k in (*brewers, *known)),
+            *(f"{ms[b] / ms[a]:.2f}x" for a, b in ratios),
         )
         cells = []
         for runner, batches in runners[1:]:
@@ -319,7 +309,6 @@ def main() -> None:
             cells.append(f"{gflops:.0f} ({100 * gflops / peak[False]:.0f}%{of_bf16})")
         read = 1000 * statistics.median(timed_cache.seconds)
         rate_table.add_row(name, *cells, f"{read:.1f} ms ({100 * read / ms['cache']:.0f}%)")
-    auto = "bf16" if runners[3][0].bf16 else "fp32"  # what auto chose (an older tree has no precision)
     caption = (
         f"matmul 2048^3: fp32 {peak[False]:.0f} GFLOP/s, bf16 {peak[True]:.0f} GFLOP/s; "
         f"threads {torch.get_num_threads()}; medians of {args.rounds} alternating rounds x "
