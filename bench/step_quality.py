@@ -3,10 +3,11 @@
 Runs ``distilnas distill`` on ``configs/plain-minilm-3m.yaml`` (a 2L-96 student: general distillation,
 then both task stages) once per seed and variant, each in its own output folder, and prints each
 variant's dev score per task and seed, mean ± std, and the paired difference against the first variant
-with its 95% interval (t over seeds). Variants set ``precision`` in every distillation stage:
+with its 95% interval (t over seeds). Variants change every distillation stage:
 
 - ``default``: the config as it is (``precision: auto``: bf16 autocast where the machine has it);
-- ``fp32``: every stage at fp32.
+- ``fp32``: ``precision: fp32``;
+- ``rows``: ``embedding_updates: rows`` (the word-embedding table trained by the rows a batch has).
 
 Run from another checkout (``PYTHONPATH`` at an older tree, ``--variants default``) to score the code
 before a change the same way. Finished runs are read back, so the bench resumes.
@@ -31,6 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 STAGES = ("general", ("task", "intermediate"), ("task", "prediction"))
+VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "fp32": {"precision": "fp32"},
+    "rows": {"embedding_updates": "rows"},
+}
+"""What each variant sets in every distillation stage."""
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 """Two-sided 95% t quantiles by degrees of freedom."""
 
@@ -47,12 +54,11 @@ def variant_config(base: dict, variant: str, seed: int, out: Path) -> dict:
     cfg = json.loads(json.dumps(base))
     cfg["seed"] = seed
     cfg["output_dir"] = str(out)
-    if variant != "default":
-        for stage in STAGES:
-            section = cfg["distill"]
-            for key in stage if isinstance(stage, tuple) else (stage,):
-                section = section.setdefault(key, {})
-            section["precision"] = variant
+    for stage in STAGES:
+        section = cfg["distill"]
+        for key in stage if isinstance(stage, tuple) else (stage,):
+            section = section.setdefault(key, {})
+        section.update(VARIANTS[variant])
     return cfg
 
 
