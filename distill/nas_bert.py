@@ -30,6 +30,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
+from distilnas.distill.dropout import dropout
 from distilnas.distill.utils import register_student
 
 MODEL_TYPE = "nas-bert"
@@ -67,7 +68,7 @@ class Operation(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        y = F.dropout(self.transform(x, mask), self.dropout, self.training)
+        y = dropout(self.transform(x, mask), self.dropout, self.training)
         return self.norm(x + y)
 
     @staticmethod
@@ -179,7 +180,7 @@ class SlicedEmbeddings(nn.Module):
             + F.embedding(pos, self.position.weight[:, :hidden])
             + F.embedding(token_type_ids, self.segment.weight[:, :hidden])
         )
-        return F.dropout(self.norm(x), self.dropout, self.training)
+        return dropout(self.norm(x), self.dropout, self.training)
 
     @staticmethod
     def parameters_at(h: int, vocab: int, positions: int, types: int) -> int:
@@ -375,7 +376,7 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
             input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states
         )
         pooled = torch.tanh(self.pooler(out.last_hidden_state[:, 0]))
-        pooled = F.dropout(pooled, self.config.hidden_dropout_prob, self.training)
+        pooled = dropout(pooled, self.config.hidden_dropout_prob, self.training)
         logits = self.classifier(pooled)
         loss = None
         if labels is not None:
