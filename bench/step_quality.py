@@ -2,8 +2,9 @@
 
 Runs ``distilnas distill`` on ``configs/plain-minilm-3m.yaml`` (a 2L-96 student: general distillation,
 then both task stages) once per seed and variant, each in its own output folder, and prints each
-variant's dev score per task and seed, mean ± std, and the paired difference against the first variant
-with its 95% interval (t over seeds). Variants change every distillation stage:
+variant's dev score per task and seed, and each task stage's final training loss (a finer sign of
+learning the same than a small dev set's score), mean ± std, and the paired difference against the first
+variant with its 95% interval (t over seeds). Variants change every distillation stage:
 
 - ``default``: the config as it is (``precision: auto``: bf16 autocast where the machine has it);
 - ``fp32``: ``precision: fp32``;
@@ -82,6 +83,17 @@ def run(cfg: dict, folder: Path, tasks: list[str]) -> dict[str, float]:
     return scores
 
 
+def stage_losses(folder: Path, tasks: list[str]) -> dict[str, float]:
+    """Each task's final running loss of its two stages, from the saved student's record."""
+    out = {}
+    for t in tasks:
+        record = next(folder.glob(f"students/*/{t}/student.json"))
+        outcome = json.loads(record.read_text())["outcome"]
+        for stage in ("intermediate", "prediction"):
+            out[f"{t} {stage} loss"] = float(outcome[f"{stage}_loss"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/plain-minilm-3m.yaml")
@@ -102,24 +114,28 @@ def main() -> None:
             folder = Path(args.out) / f"{name}-seed{seed}"
             scores.setdefault(name, {})[seed] = run(
                 variant_config(base, variant, seed, folder), folder, tasks
-            )
-    table = Table(title=f"dev score by seed ({', '.join(map(str, seeds))}), {args.config}")
+            ) | stage_losses(folder, tasks)
+    measures = [*tasks, *(f"{t} {stage} loss" for t in tasks for stage in ("intermediate", "prediction"))]
+    table = Table(
+        title=f"dev score and final training loss by seed ({', '.join(map(str, seeds))}), {args.config}"
+    )
     for col in ("variant", "task", "per seed", "mean ± std", "vs first variant (paired, 95%)"):
         table.add_column(col, justify="right")
     first = next(iter(scores))
     for name, by_seed in scores.items():
-        for t in tasks:
+        for t in measures:
             values = [by_seed[s][t] for s in seeds]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            digits = 4 if t.endswith("loss") else 2
             diff = "—"
             if name != first:
                 mean, half = paired_interval([by_seed[s][t] - scores[first][s][t] for s in seeds])
-                diff = f"{mean:+.2f} ± {half:.2f}"
+                diff = f"{mean:+.{digits}f} ± {half:.{digits}f}"
             table.add_row(
                 name,
                 t,
-                " ".join(f"{v:.2f}" for v in values),
-                f"{statistics.mean(values):.2f} ± {spread:.2f}",
+                " ".join(f"{v:.{digits}f}" for v in values),
+                f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}",
                 diff,
             )
     Console(width=160).print(table)
