@@ -10,10 +10,12 @@ variant with its 95% interval (t over seeds). Variants change every distillation
 - ``fp32``: ``precision: fp32``;
 - ``rows``: ``embedding_updates: rows`` (the word-embedding table trained by the rows a batch has).
 
-Run from another checkout (``PYTHONPATH`` at an older tree, ``--variants default``) to score the code
-before a change the same way. Finished runs are read back, so the bench resumes.
+A variant name may carry a prefix naming the code that ran it: score the code before a change with
+``PYTHONPATH`` at an older tree and ``--variants before-default``, then table everything with
+``--variants default,fp32,rows,before-default`` (finished runs are read back, so the bench resumes and a
+prefixed variant's runs are the older tree's).
 
-    python bench/step_quality.py [--seeds 0,1,2] [--tasks sst2,mrpc] [--variants default,fp32]
+    python bench/step_quality.py [--seeds 0,1,2] [--tasks sst2,mrpc] [--variants default,fp32,rows]
 """
 
 from __future__ import annotations
@@ -99,17 +101,18 @@ def main() -> None:
     ap.add_argument("--config", default="configs/plain-minilm-3m.yaml")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--tasks", default="sst2,mrpc")
-    ap.add_argument("--variants", default="default,fp32")
+    ap.add_argument("--variants", default="default,fp32,rows")
     ap.add_argument("--out", default="runs/bench-step-quality", help="one folder per variant and seed")
-    ap.add_argument("--tag", default="", help="prefix of the variant folders (e.g. before)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks, variants = args.tasks.split(","), args.variants.split(",")
     text = os.path.expandvars(Path(args.config).read_text())
     base = yaml.safe_load(_defaults(text))
     scores: dict[str, dict[int, dict[str, float]]] = {}
-    for variant in variants:
-        name = f"{args.tag}{variant}"
+    for name in variants:
+        variant = name.rsplit("-", 1)[-1]  # before-default: the default variant, run by another tree
+        if variant not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
         for seed in seeds:
             folder = Path(args.out) / f"{name}-seed{seed}"
             scores.setdefault(name, {})[seed] = run(
