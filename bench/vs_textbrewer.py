@@ -14,6 +14,10 @@ gradient clipping at 1. Each step is timed from the batch to the zeroed gradient
   (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the cache at fp32; the cache
   with ``embedding_updates: rows``. A tree without a setting (the code before a change) skips its column.
 
+distilnas has glibc keep freed memory for reuse (``keep_freed_memory``, set by its first ``Distiller``
+for the whole process), so TextBrewer here runs with it too: faster than in a process of its own (run
+this bench from a tree before that change to see it), which makes the ratios below conservative.
+
 Runners alternate round by round (``--rounds``, each ``--steps`` steps, after ``--warmup`` untimed
 steps), so a slow spell of this shared machine falls on all of them; figures are medians. A second
 table gives each step's achieved GFLOP/s (FLOPs from torch's FLOP counter over forward and backward)
