@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,dashboard,teacher]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,dashboard,teacher,postgres]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,4 +1,7 @@
-"""A run's Optuna storage: a journal file in the run folder, or an RDB URL (the single record of trials)."""
+"""A run's Optuna storage: a journal file in the run folder, or an RDB URL (the single record of trials).
+
+A database (PostgreSQL for a team, SQLite for one machine) is written by the driver alone: Ray trials
+report to the driver, which records them, so one connection pool serves a whole run."""
 
 from __future__ import annotations
 
@@ -7,10 +10,19 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
 
 from distilnas.distill.errors import UserError
 
 JOURNAL = "optuna.journal"
+
+
+def shown(url: str) -> str:
+    """The URL as messages show it: its password hidden (a URL that does not parse, as given)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
 
 
 def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
@@ -20,6 +32,8 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
         run_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
     try:
-        return optuna.storages.RDBStorage(url)
+        server = make_url(url).get_backend_name() != "sqlite"
+        # a server may close a connection a long stage left idle: test each before use
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if server else None)
     except Exception as exc:
-        raise UserError(f"storage.url {url!r}: cannot open ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"storage.url {shown(url)!r}: cannot open ({type(exc).__name__}: {exc})") from None

@@ -28,6 +28,7 @@ from distilnas.distill.glue import get_task, load_split, task_folder
 from distilnas.distill.losses import teacher_fields
 from distilnas.distill.students import StudentSpec, student_spec
 from distilnas.distill.teacher import WEIGHT_FILES, check_weights, model_config, resolve
+from distilnas.results.storage import shown
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.joint import joint_space
@@ -154,7 +155,7 @@ def storage(url: str | None) -> None:
             )
             if folder is not None and not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
                 raise UserError(
-                    f"storage.url {url!r}: {folder} is not a writable folder (SQLite makes no folders)"
+                    f"storage.url {shown(url)!r}: {folder} is not a writable folder (SQLite makes no folders)"
                 )
             return
         engine = create_engine(url)
@@ -163,7 +164,9 @@ def storage(url: str | None) -> None:
         engine.dispose()
     except (ArgumentError, SQLAlchemyError, ImportError, ValueError) as exc:
         reason = str(exc).splitlines()[0]
-        raise UserError(f"storage.url {url!r}: cannot open ({type(exc).__name__}: {reason})") from None
+        if isinstance(exc, ImportError) and make_url(url).get_backend_name() == "postgresql":
+            reason += "; pip install 'distilnas[postgres]'"
+        raise UserError(f"storage.url {shown(url)!r}: cannot open ({type(exc).__name__}: {reason})") from None
 
 
 @dataclass

@@ -1,12 +1,19 @@
-"""What tests share beyond fixtures: where the offline data is, and tiny BERTs saved as model folders."""
+"""What tests share beyond fixtures: where the offline data is, tiny BERTs saved as model folders, a tiny
+whole run's config, and the servers tests start (optuna-dashboard, PostgreSQL) and how they read them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +160,120 @@ def joint_space(constraints: list[str] | None = None, **choices: list) -> JointS
     } | choices
     names = ["monotone", "no_repeats", "supervised"] if constraints is None else constraints
     return JointSpace(**given, teacher=JOINT_TEACHER, constraints=names)
+
+
+def write_run_config(tmp: Path, glue_dir: Path, corpus_dir: Path, extra: str = "") -> Path:
+    """A whole ``distilnas run`` on a 4-layer tiny teacher in ``tmp`` (a minute or two): its mapping
+    search, two students distilled on RTE and MRPC; ``extra`` is YAML appended (a storage, say)."""
+    teacher = save_tiny_bert(tmp / "teacher", layers=4)
+    cfg = tmp / "run.yaml"
+    cfg.write_text(
+        f"""
+teacher:
+  name: {teacher}
+  train: {{epochs: 1, train_limit: 64, batch_size: 16, max_length: 32}}
+data:
+  glue_dir: {glue_dir}
+  cache_dir: {tmp / "cache"}
+  corpus: {{files: [{corpus_dir / "wikisplit" / "tune.tsv"}]}}
+proxy: {{tasks: [rte], corpus_fraction: 0.01, train_examples: 32, general_steps: 2, task_steps: 2}}
+distill:
+  student: {{layers: 2, init: copy}}
+  max_length: 32
+  corpus_fraction: 0.01
+  train_limit: 64
+  general: {{losses: {{embedding_mse: 1, hidden_mse: 1}}, batch_size: 16, steps: 3}}
+  task:
+    intermediate: {{steps: 2, batch_size: 16}}
+    prediction: {{steps: 2, batch_size: 16}}
+  baseline: {{batch_size: 16}}
+search:
+  mapping: {{population: 3, generations: 2, tournament: 2, hall_of_fame: 1}}
+final:
+  tasks: [rte, mrpc]
+  latency: {{repeats: 5}}
+ray: {{cpus_per_trial: 1}}
+output_dir: {tmp / "out"}
+{extra}"""
+    )
+    return cfg
+
+
+# ---------------------------------------------------------------------- servers a test starts and reads
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_for_json(url: str, seconds: float = 60) -> Any:
+    """The JSON at ``url`` once the server behind it answers (None if it never does)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            return get_json(url)
+        except OSError:
+            time.sleep(0.25)
+    return None
+
+
+def chromium() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def dump_dom(url: str) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium."""
+    page = subprocess.run(
+        [chromium() or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+         "--virtual-time-budget=15000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert page.returncode == 0, page.stderr[-2000:]
+    return page.stdout
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server of its own (initdb into a temp folder, on 127.0.0.1 and a free port, trust
+    authentication), stopped and removed on exit; yields the URL of its database ``distilnas``. As root,
+    the server runs as the ``postgres`` user (PostgreSQL refuses root)."""
+    bin_dir = postgres_bin()
+    assert bin_dir is not None, "no PostgreSQL server programs"
+    as_root = os.getuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    root = Path(tempfile.mkdtemp(prefix="distilnas-pg-"))
+    if as_root:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+
+    def pg(program: str, *args: str) -> None:
+        proc = subprocess.run([*prefix, str(bin_dir / program), *args], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{program}: {proc.stderr[-2000:]}"
+
+    try:
+        pg("initdb", "-D", str(data), "-U", "distilnas", "--auth=trust", "-E", "UTF8")
+        opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+        pg("pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "server.log"), "-w", "start")
+        try:
+            pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "distilnas", "distilnas")
+            yield f"postgresql://distilnas@127.0.0.1:{port}/distilnas"
+        finally:
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -14,52 +14,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import Cli
+from helpers import Cli, write_run_config
 from helpers import run_process as run
 
 from distilnas.results.storage import open_storage
 
 
-def write_config(tmp: Path, glue_dir: Path, corpus_dir: Path) -> Path:
-    from helpers import save_tiny_bert
-
-    teacher = save_tiny_bert(tmp / "teacher", layers=4)
-    cfg = tmp / "run.yaml"
-    cfg.write_text(
-        f"""
-teacher:
-  name: {teacher}
-  train: {{epochs: 1, train_limit: 64, batch_size: 16, max_length: 32}}
-data:
-  glue_dir: {glue_dir}
-  cache_dir: {tmp / "cache"}
-  corpus: {{files: [{corpus_dir / "wikisplit" / "tune.tsv"}]}}
-proxy: {{tasks: [rte], corpus_fraction: 0.01, train_examples: 32, general_steps: 2, task_steps: 2}}
-distill:
-  student: {{layers: 2, init: copy}}
-  max_length: 32
-  corpus_fraction: 0.01
-  train_limit: 64
-  general: {{losses: {{embedding_mse: 1, hidden_mse: 1}}, batch_size: 16, steps: 3}}
-  task:
-    intermediate: {{steps: 2, batch_size: 16}}
-    prediction: {{steps: 2, batch_size: 16}}
-  baseline: {{batch_size: 16}}
-search:
-  mapping: {{population: 3, generations: 2, tournament: 2, hall_of_fame: 1}}
-final:
-  tasks: [rte, mrpc]
-  latency: {{repeats: 5}}
-ray: {{cpus_per_trial: 1}}
-output_dir: {tmp / "out"}
-"""
-    )
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, glue_dir: Path, corpus_dir: Path) -> tuple[Path, dict]:
-    cfg = write_config(tmp_path_factory.mktemp("run"), glue_dir, corpus_dir)
+    cfg = write_run_config(tmp_path_factory.mktemp("run"), glue_dir, corpus_dir)
     proc = run("run", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr[-5000:]
     return cfg, json.loads(proc.stdout)
