@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from distilnas.distill.config import (
     DataConfig,
@@ -180,6 +180,26 @@ class RayConfig(Strict):
     retries: int = Field(1, ge=0)
     """A failed trial is tried again this many times (in the run and after a resume) before it counts as
     failed; each failure is a FAIL trial in the storage, with its reason."""
+    runtime_env: dict[str, Any] | None = None
+    """What Ray sets up in every worker of the run, as Ray defines it (``pip``, ``conda``, ``working_dir``,
+    ``env_vars``, ...); empty: the workers' own environment (a cluster started with the same install)."""
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _ray_runtime_env(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from ray.runtime_env import RuntimeEnv  # Ray accepts unknown fields silently: check them here
+
+        unknown = sorted(set(value) - set(RuntimeEnv.known_fields))
+        if unknown:
+            known = ", ".join(f for f in sorted(RuntimeEnv.known_fields) if not f.startswith("_"))
+            raise ValueError(f"unknown field {unknown[0]!r}; Ray knows: {known}")
+        try:
+            RuntimeEnv(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return value
 
 
 class StorageConfig(Strict):

@@ -27,7 +27,7 @@ from distilnas.search.stages.final import run_final, scored
 from distilnas.search.stages.joint import run_joint_search
 from distilnas.search.stages.mapping import run_mapping_search
 from distilnas.search.stages.supernet import run_supernet_search
-from distilnas.search.tune import init_ray
+from distilnas.search.tune import start_ray
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def finish(cfg: RunConfig, run: RunFolder, search: dict[str, Any] | None, dest: 
 def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     run = RunFolder.of(cfg)
     run.check(cfg, resume)
-    init_ray(address or cfg.ray.address)  # an unreachable cluster fails here, before any work
+    start_ray(cfg.ray, address)  # an unreachable cluster fails here, before any work
     storage = run.storage(cfg.storage.url)
     run.record(cfg)
     log.info("stage 1/4: teachers")

@@ -33,7 +33,7 @@ from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.joint import joint_space
 from distilnas.search.stages.supernet import checked_space
-from distilnas.search.tune import init_ray
+from distilnas.search.tune import check_nodes, start_ray
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
 
@@ -136,10 +136,15 @@ def ray_reachable(address: str | None) -> None:
         raise UserError(f"ray.address {address!r}: cannot connect ({exc})") from None
 
 
-def ray_up(address: str | None) -> None:
-    """Ray started here, or the cluster at ``address`` joined (the last check: it is the slowest)."""
+def ray_up(cfg: RunConfig, address: str | None) -> None:
+    """Ray started here, or the cluster at ``address`` joined (the last checks: they are the slowest). On
+    a cluster, every node must see the run folder and the cache as the driver does, and GLUE's files."""
+    address = address or cfg.ray.address
     ray_reachable(address)
-    init_ray(address)
+    start_ray(cfg.ray, address)
+    if address:
+        readable = {"data.glue_dir": cfg.data.glue_dir} if cfg.data.glue_dir else {}
+        check_nodes({"output_dir": cfg.output_dir, "data.cache_dir": cfg.cache_dir}, readable)
 
 
 def storage(url: str | None) -> None:
@@ -319,7 +324,7 @@ def proxy_inputs(cfg: RunConfig, tcfg: PretrainedConfig, address: str | None) ->
         caches += task_caches(cfg, cfg.proxy.tasks, cfg.proxy.train_examples, None)
     storage(cfg.storage.url)
     disk(cfg, tcfg, caches)
-    ray_up(address or cfg.ray.address)
+    ray_up(cfg, address)
 
 
 def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
@@ -375,7 +380,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
             stage.check_inputs(cfg)  # reused or resumed only when made from the same inputs
     storage(cfg.storage.url)
     disk(cfg, tcfg, caches)
-    ray_up(address or cfg.ray.address)
+    ray_up(cfg, address)
 
 
 def check_distill(cfg: RunConfig, tasks: list[str]) -> None:

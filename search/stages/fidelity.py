@@ -25,7 +25,7 @@ from distilnas.search.rundir import Folder, RunFolder
 from distilnas.search.stages.joint import joint_space
 from distilnas.search.stages.mapping import mapping_space, proxy_for, search_with
 from distilnas.search.strategies import FixedSearch
-from distilnas.search.tune import Recorder, init_ray
+from distilnas.search.tune import Recorder, start_ray
 from distilnas.spaces.joint_space import JointSpace
 from distilnas.spaces.mapping_space import MappingSpace
 from distilnas.spaces.rungs import split_rung
@@ -101,7 +101,7 @@ def run_fidelity(
     full = cfg.fidelity.as_proxy(cfg.proxy)
     space: MappingSpace | JointSpace = joint_space(cfg) if kind == "joint" else mapping_space(cfg)
     fitness = JointFitness if kind == "joint" else MappingFitness
-    init_ray(address or cfg.ray.address)
+    start_ray(cfg.ray, address)
     setting = fingerprint({"full": full.model_dump(mode="json"), "seed": cfg.seed})[:8]
     folder = stage / f"fidelity-{setting}"
     prepared = proxy_for(cfg, folder, full)

@@ -39,7 +39,7 @@ from distilnas.distill.utils import atomic_write_json, fingerprint
 from distilnas.results.records import ExportSource, Measured, ModelResult, Provenance
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
-from distilnas.search.tune import Job, JobSearcher, Recorder, init_ray, run_trials
+from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, start_ray
 from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
 
@@ -229,7 +229,7 @@ def run_final(
         raise UserError("data.corpus: the final stage's general distillation needs a corpus")
     students = chosen_students(cfg, run, mapping_results)
     tasks = list(cfg.final.tasks)
-    init_ray(address or cfg.ray.address)
+    start_ray(cfg.ray, address)
     spec = student_spec(cfg.distill.student, model_config(resolve(cfg.teacher.name)))
     prepared = prepare_tasks(cfg, tasks, folder, spec)
     recorder = FinalRecorder(storage, run, [s.name for s in students], tasks)

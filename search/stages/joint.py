@@ -50,7 +50,7 @@ from distilnas.search.strategies import (
 )
 from distilnas.search.strategies.fixed import FixedSearch
 from distilnas.search.strategies.middleware import Middleware
-from distilnas.search.tune import Recorder, init_ray
+from distilnas.search.tune import Recorder, start_ray
 from distilnas.spaces.base import Genome
 from distilnas.spaces.joint_space import JointSpace
 
@@ -166,7 +166,7 @@ def run_joint_search(cfg: RunConfig, resume: bool = False, address: str | None =
     table = latency_table(cfg, space, stage)
     affordable(cfg, space, table)  # a latency budget no student meets: refused before anything is written
     storage = run.storage(cfg.storage.url)
-    init_ray(address or cfg.ray.address)
+    start_ray(cfg.ray, address)
     stage.record(cfg)
     atomic_write_json(stage / LATENCY, table.to_json())
     costs = Costs(space, table)

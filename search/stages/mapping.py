@@ -34,7 +34,7 @@ from distilnas.search.strategies import (
     exhaustive,
     key,
 )
-from distilnas.search.tune import Recorder, StrategySearcher, init_ray, run_trials
+from distilnas.search.tune import Recorder, StrategySearcher, run_trials, start_ray
 from distilnas.spaces.base import Genome
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
@@ -108,7 +108,7 @@ def run_mapping_search(cfg: RunConfig, resume: bool = False, address: str | None
     space = mapping_space(cfg)
     m, n = space.student_layers, space.teacher_layers
     storage = run.storage(cfg.storage.url)
-    init_ray(address or cfg.ray.address)  # an unreachable cluster fails here, before any work
+    start_ray(cfg.ray, address)  # an unreachable cluster fails here, before any work
     stage.record(cfg)
 
     recorder = Recorder(storage, run.studies.mapping)

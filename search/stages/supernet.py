@@ -45,7 +45,7 @@ from distilnas.results.pareto import non_dominated_sort
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.supernet_blocks import BlockWork, masked_mse
-from distilnas.search.tune import Job, JobSearcher, Recorder, init_ray, run_trials
+from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, start_ray
 from distilnas.spaces.nas_space import NasSpace
 from distilnas.spaces.supernet import extract
 
@@ -320,7 +320,7 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     stage.check(cfg, resume)
     storage = run.storage(cfg.storage.url)
     table = latency_table(cfg, space, folder)  # timed before Ray starts its processes beside it
-    init_ray(address or cfg.ray.address)
+    start_ray(cfg.ray, address)
     stage.record(cfg)
 
     proxy = prepare_block_proxy(

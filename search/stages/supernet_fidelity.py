@@ -45,7 +45,7 @@ from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.supernet import HeldOut, nas_space
 from distilnas.search.stages.supernet_blocks import BlockTrainer, BlockWork
-from distilnas.search.tune import Job, JobSearcher, Recorder, init_ray, run_trials
+from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, start_ray
 from distilnas.spaces.supernet import extract
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def run_supernet_fidelity(
     done = {j.id: done[j.id] for j in jobs if j.id in done and done[j.id]["path"] == j.config["path"]}
     searcher = JobSearcher(jobs, done, record, recorder.failures("job"), cfg.ray.retries)
     if len(done) < len(jobs):
-        init_ray(address or cfg.ray.address)
+        start_ray(cfg.ray, address)
         work = StandaloneWork(cfg.model_dump(mode="json"), proxy, table, str((stage / "fidelity").resolve()))
         run_trials(searcher, work, stage.path, "fidelity", cfg.ray)
     rows = []

@@ -1,16 +1,28 @@
-"""Ray start-up: Ray here (no address) or a cluster's, and how many trials it runs at once."""
+"""Ray start-up: Ray here (no address) or a cluster's, how many trials it runs at once, and the probe that
+every node of a cluster sees the run's files before any work."""
 
 from __future__ import annotations
 
 import socket
+import uuid
+from pathlib import Path
+from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distilnas.distill.errors import UserError
+from distilnas.search.config import RayConfig
+
+PROBE_SECONDS = 120.0
+"""How long a node may take to answer the probe (its first worker starts: imports torch, distilnas)."""
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Start Ray here (no address) or join a cluster; an unreachable address is a clear error."""
+def init_ray(
+    address: str | None, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None
+) -> None:
+    """Start Ray here (no address) or join a cluster; an unreachable address is a clear error.
+    ``runtime_env`` (``ray.runtime_env``) is what Ray sets up in each worker: pip packages, a working_dir."""
     if ray.is_initialized():
         return
     if address and address != "auto" and not address.startswith("ray://"):
@@ -21,11 +33,19 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             raise UserError(f"ray.address {address!r}: cannot connect ({exc})") from None
     try:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"ray.address {address!r}: cannot connect ({exc})") from None
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError, TypeError) as exc:
+        field = "ray.runtime_env" if runtime_env and "runtime_env" in str(exc).lower() else "ray.address"
+        value = runtime_env if field == "ray.runtime_env" else address
+        raise UserError(f"{field} {value!r}: cannot start Ray ({str(exc).splitlines()[0]})") from None
+
+
+def start_ray(ray_cfg: RayConfig, address: str | None = None) -> None:
+    """Ray for a run: here, or the cluster at ``address`` (else the config's ``ray.address``), with the
+    config's ``ray.runtime_env``."""
+    init_ray(address or ray_cfg.address, runtime_env=ray_cfg.runtime_env)
 
 
 def trial_slots(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None) -> int:
@@ -37,3 +57,99 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: in
     if max_concurrent:
         slots = min(slots, max_concurrent)
     return max(1, slots)
+
+
+# ---------------------------------------------------------------------- every node sees the run's files
+
+
+def anchor(path: Path) -> Path:
+    """The folder that holds ``path`` once it is made: itself, else its nearest existing ancestor."""
+    path = path.resolve()
+    while not path.is_dir():
+        path = path.parent
+    return path
+
+
+def listing(folder: Path) -> list[tuple[str, int]]:
+    """What a folder holds, as a node sees it: names and the sizes of its files."""
+    return sorted((p.name, p.stat().st_size if p.is_file() else -1) for p in folder.iterdir())
+
+
+def look(writable: dict[str, tuple[str, str]], readable: dict[str, tuple[str, list[tuple[str, int]]]]) -> str:
+    """On one node: each writable folder holds the driver's token file, and this node can write beside it;
+    each readable folder lists as the driver lists it. The first problem, or '' when none."""
+    node = ray.get_runtime_context().get_node_id()
+    for field, (folder, token) in writable.items():
+        probe = Path(folder) / f".distilnas-probe-{token}"
+        try:
+            seen = probe.read_text(encoding="utf-8")
+        except OSError:
+            seen = ""
+        if seen != token:
+            return f"does not see {field} {folder} (the driver's probe file there is missing)"
+        try:
+            (Path(folder) / f".distilnas-probe-{token}-{node}").write_text(token, encoding="utf-8")
+        except OSError as exc:
+            return f"cannot write in {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})"
+    for field, (folder, driver) in readable.items():
+        try:
+            here = [tuple(x) for x in listing(Path(folder))]
+        except OSError as exc:
+            return f"cannot read {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})"
+        if here != [tuple(x) for x in driver]:
+            return f"sees {field} {folder} unlike the driver (its files differ)"
+    return ""
+
+
+def check_nodes(writable: dict[str, Path], readable: dict[str, Path]) -> None:
+    """Every alive node of the cluster sees the run's folders as the driver does, so a trial placed on any
+    of them finds its files: ``writable`` folders (the run folder, the cache) are the same storage there
+    and writable; ``readable`` ones (GLUE) hold the same files. One line naming the first node that does
+    not, before any work; the probe's files are removed."""
+    token = uuid.uuid4().hex
+    folders = {field: anchor(path) for field, path in writable.items()}
+    made: list[Path] = []
+    try:
+        for folder in folders.values():
+            probe = folder / f".distilnas-probe-{token}"
+            probe.write_text(token, encoding="utf-8")
+            made.append(probe)
+        wants = {f: (str(folder), token) for f, folder in folders.items()}
+        shows = {f: (str(p.resolve()), listing(p.resolve())) for f, p in readable.items()}
+        task = ray.remote(num_cpus=0, max_retries=0)(look)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        pending = {
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                wants, shows
+            ): n
+            for n in nodes
+        }
+        ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=PROBE_SECONDS)
+        for ref in [*ready, *late]:
+            node = pending[ref]
+            where = f"ray node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+            if ref in late:
+                for r in late:
+                    ray.cancel(r, force=True)
+                raise UserError(
+                    f"{where}: did not answer the storage probe in {PROBE_SECONDS:.0f} s "
+                    "(can it start workers?)"
+                )
+            try:
+                problem = ray.get(ref)
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[-1][:300]
+                raise UserError(
+                    f"{where}: cannot run distilnas ({reason}): install it there from the same constraints "
+                    "file, or set ray.runtime_env"
+                ) from None
+            if problem:
+                fields = ", ".join([*folders, *readable])
+                raise UserError(
+                    f"{where}: {problem}: trials there would fail; put the run's folders ({fields}) on a "
+                    "filesystem every node mounts"
+                )
+    finally:
+        for probe in made:
+            for p in probe.parent.glob(f"{probe.name}*"):
+                p.unlink(missing_ok=True)

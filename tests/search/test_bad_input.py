@@ -525,6 +525,18 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda w: ["run", w.config_with("db.yaml", storage={"url": "nosuchdb://x"})],
         "storage.url 'nosuchdb://x': cannot open",
     ),
+    "a runtime_env field Ray does not know": (
+        lambda w: ["run", w.config_with("re.yaml", ray={"runtime_env": {"pipp": ["x"]}})],
+        "ray.runtime_env: unknown field 'pipp'; Ray knows: conda, config,",
+    ),
+    "a runtime_env field of the wrong type": (
+        lambda w: ["run", w.config_with("re2.yaml", ray={"runtime_env": {"pip": 5}})],
+        "ray.runtime_env: runtime_env['pip'] must be of type str or List[str]",
+    ),
+    "a PostgreSQL server that does not answer (its password hidden)": (
+        lambda w: ["run", w.config_with("pg.yaml", storage={"url": "postgresql://u:secret@127.0.0.1:1/x"})],
+        "storage.url 'postgresql://u:***@127.0.0.1:1/x': cannot open (OperationalError",
+    ),
     "storage in a folder that is missing": (
         lambda w: ["run", w.config_with("sq.yaml", storage={"url": f"sqlite:///{w.root}/no/such/dir/t.db"})],
         "storage.url",

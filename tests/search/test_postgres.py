@@ -122,15 +122,3 @@ def test_parallel_writers_lose_no_trial(postgres: str) -> None:
         (w, i) for w in range(4) for i in range(15)
     ]
     assert all(t.value == t.user_attrs["writer"] * 100 + t.user_attrs["i"] for t in trials)
-
-
-def test_a_server_that_does_not_answer_is_refused_before_any_work(
-    tmp_path: Path, glue_dir: Path, corpus_dir: Path
-) -> None:
-    url = f"postgresql://u:secret@127.0.0.1:{free_port()}/x"  # nothing listens there
-    cfg = write_run_config(tmp_path, glue_dir, corpus_dir, f"storage: {{url: '{url}'}}\n")
-    proc = run_process("run", str(cfg))
-    assert proc.returncode == 2
-    [line] = [x for x in proc.stderr.splitlines() if "storage.url" in x]
-    assert "cannot open (OperationalError" in line and "secret" not in line and "***" in line
-    assert not (tmp_path / "out").exists()

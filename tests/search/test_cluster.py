@@ -1,0 +1,129 @@
+"""Ray start-up for a cluster. Two Ray nodes on this machine, the second in a mount namespace of its own
+where a folder of the driver's is an empty tmpfs (a machine without the driver's disk): every node is
+probed for the run's files before any work, and a node that cannot see them is refused in one line naming
+it. And ``ray.runtime_env`` reaches the workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from helpers import run_process, save_tiny_bert
+from test_search_cli import config
+
+from distilnas.distill.errors import UserError
+from distilnas.search.tune import check_nodes
+
+
+def own_mount_namespace() -> bool:
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_namespace = pytest.mark.skipif(
+    not own_mount_namespace(), reason="a node without the driver's disk needs root and unshare(1)"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, Path, str]]:
+    """(address, a folder the second node sees as empty, the second node's ID)."""
+    from ray.cluster_utils import Cluster
+
+    hidden = Path(tempfile.mkdtemp(prefix="distilnas-hidden-", dir="/tmp"))
+    ray.shutdown()
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    ray_cli = Path(sys.executable).parent / "ray"
+    node = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs tmpfs {hidden} && exec {ray_cli} start --address={head.address} --num-cpus=1 "
+         "--block --disable-usage-stats"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, RAY_ADDRESS=""),
+    )  # fmt: skip
+    try:
+        ray.init(address=head.address, log_to_driver=False)
+        deadline = time.monotonic() + 120
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert time.monotonic() < deadline and node.poll() is None, "the second node did not join"
+            time.sleep(0.5)
+        head_id = head.head_node.node_id
+        [second] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_id]
+        yield head.address, hidden, second
+    finally:
+        ray.shutdown()
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(timeout=60)
+        head.shutdown()
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+@needs_namespace
+def test_nodes_that_share_the_disk_pass_the_probe_and_it_leaves_nothing(
+    cluster: tuple[str, Path, str], tmp_path: Path, glue_dir: Path
+) -> None:
+    check_nodes(
+        {"output_dir": tmp_path / "run", "data.cache_dir": tmp_path / "cache"}, {"data.glue_dir": glue_dir}
+    )
+    assert list(tmp_path.iterdir()) == []  # the probe's files are gone, nothing was made
+
+
+@needs_namespace
+def test_a_node_without_the_run_folder_is_named(cluster: tuple[str, Path, str], tmp_path: Path) -> None:
+    _, hidden, second = cluster
+    (hidden / "runs").mkdir()
+    with pytest.raises(UserError) as err:
+        check_nodes({"output_dir": hidden / "runs" / "a", "data.cache_dir": tmp_path}, {})
+    assert f"({second[:8]})" in str(err.value)
+    assert f"does not see output_dir {hidden / 'runs'}" in str(err.value)
+    assert list((hidden / "runs").iterdir()) == [] and list(tmp_path.iterdir()) == []
+    # a read-only input (GLUE) that the node lists otherwise: there the folder is an empty tmpfs
+    with pytest.raises(UserError, match=rf"\({second[:8]}\): sees data.glue_dir {hidden} unlike the driver"):
+        check_nodes({"output_dir": tmp_path / "run"}, {"data.glue_dir": hidden})
+
+
+@needs_namespace
+def test_search_on_a_node_without_the_disk_is_refused_before_any_work(
+    cluster: tuple[str, Path, str], glue_dir: Path, corpus_dir: Path
+) -> None:
+    address, hidden, second = cluster
+    folder = hidden / "search"
+    folder.mkdir()
+    teacher = save_tiny_bert(folder / "teacher", layers=4)
+    cfg = config(folder, teacher, glue_dir, corpus_dir)
+    proc = run_process("search", "mapping", str(cfg), "--address", address, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    [line] = [x for x in proc.stderr.splitlines() if "ray node" in x]
+    assert f"({second[:8]}): does not see output_dir {folder}" in line
+    assert "filesystem every node mounts" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["search.yaml", "teacher"]  # nothing written
+
+
+RUNTIME_ENV = """
+import os, ray
+from distilnas.search.config import RayConfig
+from distilnas.search.tune import start_ray
+start_ray(RayConfig(runtime_env={"env_vars": {"DISTILNAS_PROBE": "set by ray.runtime_env"}}), None)
+print(ray.get(ray.remote(lambda: os.environ.get("DISTILNAS_PROBE")).remote()))
+"""
+
+
+def test_the_runtime_env_reaches_the_workers() -> None:
+    env = dict(os.environ, RAY_ADDRESS="")
+    env.pop("DISTILNAS_PROBE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNTIME_ENV], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "set by ray.runtime_env"
