@@ -35,7 +35,14 @@ def init_ray(
         if address:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+            # "local": a new Ray here, even where `ray start` left a cluster Ray would otherwise join
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env=runtime_env,
+            )
     except (ConnectionError, RuntimeError, ValueError, TypeError) as exc:
         field = "ray.runtime_env" if runtime_env and "runtime_env" in str(exc).lower() else "ray.address"
         value = runtime_env if field == "ray.runtime_env" else address

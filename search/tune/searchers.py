@@ -44,6 +44,7 @@ class TimedSearcher(Searcher):
         self.wall, self.slots = 0.0, 1  # set by run_trials
         self.retries = retries
         self.failures: dict[str, int] = {}  # candidate or job -> failed attempts, this run and earlier
+        self.nodes: dict[str, int] = {}  # Ray node -> trials it ran (this run)
 
     def failed(self, what: str, reason: str) -> bool:
         """Count a failure of ``what``; whether it is tried again (``retries`` times at most)."""
@@ -54,6 +55,8 @@ class TimedSearcher(Searcher):
 
     def _timed(self, trial_id: str, result: dict | None) -> None:
         started = self.started.pop(trial_id, None)
+        if result and "node" in result:
+            self.nodes[result["node"]] = self.nodes.get(result["node"], 0) + 1
         if started is not None and result and "seconds" in result:
             inner = float(result["seconds"])
             self.seconds.append(inner)
@@ -61,8 +64,9 @@ class TimedSearcher(Searcher):
 
     def overhead(self) -> dict[str, float]:
         """Ray Tune's own cost per trial: the time from suggest to result (scheduling, actor start-up,
-        reporting) less the trial's evaluation; and how busy the slots were (generation barriers and
-        the last trials of a search leave slots idle, which is the search's cost, not Ray's)."""
+        reporting) less the trial's evaluation; how busy the slots were (generation barriers and the
+        last trials of a search leave slots idle, which is the search's cost, not Ray's); and how many
+        trials each Ray node ran."""
         if not self.seconds:
             return {}
         mean = statistics.fmean(self.seconds)
@@ -77,6 +81,7 @@ class TimedSearcher(Searcher):
             "median_overhead_seconds": statistics.median(self.overheads),
             "overhead_fraction": per_trial / mean,
             "slot_utilisation": sum(self.seconds) / (self.wall * self.slots) if self.wall else 0.0,
+            "trials_per_node": dict(sorted(self.nodes.items())),
         }
 
 
@@ -168,7 +173,9 @@ class StrategySearcher(TimedSearcher):
         fitness = float(result[self.metric]) if ok and result else None
         attrs: dict[str, Any] = {"generation": lane.generation, "source": source}
         if result:
-            attrs |= {k: v for k, v in result.items() if k.startswith("score_") or k in ("seconds", "error")}
+            attrs |= {
+                k: v for k, v in result.items() if k.startswith("score_") or k in ("seconds", "error", "node")
+            }
         if fitness is None:
             attrs.setdefault("error", LOST)
         if self.recorder is not None:
@@ -270,6 +277,8 @@ class JobSearcher(TimedSearcher):
         outcome, reason = None, LOST
         if not error and result and "outcome" in result and "error" not in result:
             outcome = {**json.loads(result["outcome"]), "seconds": float(result["seconds"])}
+            if "node" in result:
+                outcome["node"] = result["node"]
         elif result and "error" in result:
             reason = str(result["error"])
         self.on_result(self.jobs[job_id], outcome, None if outcome is not None else reason)

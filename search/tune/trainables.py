@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -23,12 +24,20 @@ from distilnas.search.tune.cluster import trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
 
 
+def node() -> str:
+    """The Ray node a trial runs on: its address and the start of its ID (nodes of one machine share the
+    address)."""
+    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+
+
 def failed(exc: BaseException, start: float, metric: str) -> None:
     """Report a trial's failure with its reason (the traceback goes to the trial's log). The searcher's
     metric is reported too, as NaN: Ray Tune ends the whole run on a result without it."""
     traceback.print_exc(file=sys.stderr)
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    tune.report({metric: float("nan"), "error": reason, "seconds": time.perf_counter() - start})
+    tune.report(
+        {metric: float("nan"), "error": reason, "seconds": time.perf_counter() - start, "node": node()}
+    )
 
 
 def job_trial(
@@ -47,6 +56,7 @@ def job_trial(
             "score": float(out.get("score", 0.0)),
             "outcome": json.dumps(out),
             "seconds": time.perf_counter() - start,
+            "node": node(),
         }
     )
 
@@ -67,6 +77,7 @@ def candidate_trial(
             "fitness": scores["fitness"],
             **{f"score_{k}": v for k, v in scores.items() if k != "fitness"},
             "seconds": time.perf_counter() - start,
+            "node": node(),
         }
     )
 

@@ -5,6 +5,7 @@ it. And ``ray.runtime_env`` reaches the workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,3 +128,25 @@ def test_the_runtime_env_reaches_the_workers() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "set by ray.runtime_env"
+
+
+@needs_namespace
+@pytest.mark.slow  # two mapping searches (`make test-slow`); the probe's tests above stay in the fast suite
+def test_a_mapping_search_on_two_nodes_uses_both_and_finds_what_one_node_finds(
+    cluster: tuple[str, Path, str], tmp_path: Path, glue_dir: Path, corpus_dir: Path
+) -> None:
+    address, _, second = cluster
+    teacher = save_tiny_bert(tmp_path / "teacher", layers=4)
+    found = {}
+    for where in ("two", "one"):
+        (tmp_path / where).mkdir()
+        cfg = config(tmp_path / where, teacher, glue_dir, corpus_dir)
+        args = ["search", "mapping", str(cfg), "--json"] + (["--address", address] if where == "two" else [])
+        proc = run_process(*args, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        found[where] = json.loads((tmp_path / where / "run" / "search-mapping" / "results.json").read_text())
+    nodes = found["two"]["ray"]["trials_per_node"]
+    assert len(nodes) == 2 and any(f"({second[:8]})" in n for n in nodes) and min(nodes.values()) >= 1
+    assert len(found["one"]["ray"]["trials_per_node"]) == 1
+    assert found["two"]["best"] == found["one"]["best"]
+    assert found["two"]["exhaustive"]["ranked"] == found["one"]["exhaustive"]["ranked"]
