@@ -129,7 +129,7 @@ def train_blocks(
     table: LatencyTable,
     folder: Path,
     recorder: BlockRecorder,
-) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every block as a Ray Tune trial (finished blocks are read back, never retrained)."""
     blocks_dir = folder / "blocks"
     jobs = [Job(f"block{b + 1}", {"block": b}) for b in range(space.blocks)]

@@ -62,7 +62,7 @@ class TimedSearcher(Searcher):
             self.seconds.append(inner)
             self.overheads.append(max(0.0, time.perf_counter() - started - inner))
 
-    def overhead(self) -> dict[str, float]:
+    def overhead(self) -> dict[str, Any]:
         """Ray Tune's own cost per trial: the time from suggest to result (scheduling, actor start-up,
         reporting) less the trial's evaluation; how busy the slots were (generation barriers and the
         last trials of a search leave slots idle, which is the search's cost, not Ray's); and how many
