@@ -44,9 +44,10 @@ def init_ray(
                 runtime_env=runtime_env,
             )
     except (ConnectionError, RuntimeError, ValueError, TypeError) as exc:
-        field = "ray.runtime_env" if runtime_env and "runtime_env" in str(exc).lower() else "ray.address"
-        value = runtime_env if field == "ray.runtime_env" else address
-        raise UserError(f"{field} {value!r}: cannot start Ray ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if runtime_env and "runtime_env" in str(exc).lower():
+            raise UserError(f"ray.runtime_env {runtime_env!r}: Ray cannot set it up ({reason})") from None
+        raise UserError(f"ray.address {address!r}: cannot connect ({reason})") from None
 
 
 def start_ray(ray_cfg: RayConfig, address: str | None = None) -> None:
