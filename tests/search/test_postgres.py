@@ -21,11 +21,14 @@ from helpers import (
     postgres_bin,
     postgres_server,
     run_process,
+    save_tiny_bert,
     wait_for_json,
     write_run_config,
 )
 
 from distilnas.results.storage import open_storage
+from distilnas.search.config import RunConfig
+from distilnas.search.rundir import RunFolder
 from distilnas.search.tune import Recorder
 from distilnas.spaces.mapping_space import MappingSpace
 
@@ -71,6 +74,7 @@ def served_names(command: list[str], port: int) -> list[str]:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # a whole run (`make test-slow`); the dashboards on a database run stay in the fast suite
 def test_a_whole_run_records_every_stage_in_postgres(
     tmp_path: Path, postgres: str, glue_dir: Path, corpus_dir: Path
 ) -> None:
@@ -102,6 +106,32 @@ def test_a_whole_run_records_every_stage_in_postgres(
 
 
 SPACE = MappingSpace.build(2, 6, [])
+
+
+def test_the_dashboards_serve_a_database_run(postgres: str, tmp_path: Path) -> None:
+    """A run folder whose recorded config names the database: `distilnas dashboard RUN` finds it there
+    (the folder holds no journal), and plain optuna-dashboard on the URL shows the same studies."""
+    cfg = RunConfig(
+        teacher={"name": str(save_tiny_bert(tmp_path / "teacher", layers=2))},
+        storage={"url": postgres},
+        output_dir=tmp_path / "run",
+    )
+    run = RunFolder.of(cfg)
+    run.path.mkdir()
+    run.record(cfg)
+    mapping = Recorder(run.storage(postgres), run.studies.mapping)
+    for i, genome in enumerate([[2, 4], [3, 6], [1, 5]]):
+        mapping.candidate(SPACE, genome, float(i), {"source": "ga"}, "mapping")
+    Recorder(run.storage(postgres), run.studies.final).add(70.0, attrs={"job": "s/rte"})
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.json"]
+    port = free_port()
+    ours = served_names(
+        [sys.executable, "-m", "distilnas", "dashboard", str(run.path), "--port", str(port)], port
+    )
+    port = free_port()
+    plain = Path(sys.executable).parent / "optuna-dashboard"
+    theirs = served_names([str(plain), postgres, "--host", "127.0.0.1", "--port", str(port)], port)
+    assert ours == theirs == ["distilnas-final", "distilnas-mapping"]
 
 
 def write_trials(url: str, writer: int, count: int) -> None:
