@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from distilnas.distill.bert import BertShape, build_student
 from distilnas.distill.config import DistillSettings
@@ -29,7 +29,7 @@ from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_spl
 from distilnas.distill.distiller import CachedTeacher, Distiller
 from distilnas.distill.glue import get_task
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import teacher_cache
+from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
 from distilnas.spaces.mapping import LayerMapping
 
 SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
@@ -52,10 +52,17 @@ class Stepper:
         return time.perf_counter() - start
 
 
-def stepper(shape, teacher, cache, pairs, settings, compiled: bool) -> Stepper:  # type: ignore[no-untyped-def]
+def stepper(
+    shape: BertShape,
+    teacher: PreTrainedModel,
+    cache: TeacherCache,
+    pairs: list[tuple[int, int]],
+    settings: DistillSettings,
+    compiled: bool,
+) -> Stepper:
     d = Distiller(build_student(shape, teacher, "random", seed=0), CachedTeacher(cache), pairs, settings)
     if compiled:
-        d.student.forward = torch.compile(d.student.forward, dynamic=True)  # type: ignore[method-assign]
+        d.student.forward = torch.compile(d.student.forward, dynamic=True)
     return Stepper(d)
 
 
@@ -108,15 +115,20 @@ def main() -> None:
         settings = DistillSettings(losses=losses, lr=LR, weight_decay=0.01, max_grad_norm=1.0)
 
         eager, compiled = (stepper(shape, teacher, cache, pairs, settings, c) for c in (False, True))
-        first = {
-            "eager": sum(eager.step(packed, rows) for rows in batches[: args.first]),
-            "compiled": sum(compiled.step(packed, rows) for rows in batches[: args.first]),
-        }
+        first = {"eager": sum(eager.step(packed, rows) for rows in batches[: args.first])}
+        try:
+            first["compiled"] = sum(compiled.step(packed, rows) for rows in batches[: args.first])
+        except Exception as exc:  # a failed compile is a result too
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            table.add_row(
+                f"{shape.size_name}", f"compile failed ({reason})", *[""] * (len(table.columns) - 2)
+            )
+            continue
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for r in range(args.rounds):
             lo = args.first + r * args.steps
-            for name, stepper in (("eager", eager), ("compiled", compiled)):
-                times[name] += [stepper.step(packed, rows) for rows in batches[lo : lo + args.steps]]
+            for name, runner in (("eager", eager), ("compiled", compiled)):
+                times[name] += [runner.step(packed, rows) for rows in batches[lo : lo + args.steps]]
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         cost = first["compiled"] - first["eager"]
         saved = (ms["eager"] - ms["compiled"]) / 1000
