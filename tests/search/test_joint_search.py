@@ -41,6 +41,7 @@ def joint_config(tmp_path: Path, teacher: Path, glue_dir: Path, corpus_dir: Path
     return path
 
 
+@pytest.mark.slow  # 75 s here: make test stays under 10 minutes (`make test-slow`); the joint rules stay fast
 def test_search_joint_end_to_end(teacher4: Path, glue_dir: Path, corpus_dir: Path, tmp_path: Path) -> None:
     cfg = joint_config(tmp_path, teacher4, glue_dir, corpus_dir, embedding=[None, 8])  # 80 students
     proc = run("search", "joint", str(cfg), "--json")

@@ -13,6 +13,8 @@ import pytest
 from helpers import run_process, save_tiny_bert
 
 
+@pytest.mark.slow  # 48 s here: make test stays under 10 minutes (`make test-slow`); distilnas distill of a
+# referenced student stays fast (test_distill_cli)
 def test_final_stage_distils_times_and_exports_a_referenced_student(
     tmp_path: Path, glue_dir: Path, corpus_dir: Path
 ) -> None:

@@ -134,6 +134,7 @@ def test_extract_any_path(searched: tuple[Path, dict], tmp_path: Path, cli: Cli)
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow  # 43 s here: make test stays under 10 minutes (`make test-slow`)
 def test_inherited_scores_against_standalone_distillation(searched: tuple[Path, dict], cli: Cli) -> None:
     cfg, out = searched
     runs = cfg.parent / "out"
@@ -175,6 +176,7 @@ def test_bad_space_is_one_line_and_exit_2(
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.slow  # 60 s here: make test stays under 10 minutes (`make test-slow`)
 def test_run_distils_the_supernet_front_in_the_final_stage(searched: tuple[Path, dict]) -> None:
     """`distilnas run` with `final.students: [supernet]` takes the finished search's front: each student
     is distilled from its inherited weights at its block boundaries, scored, timed and exported."""
