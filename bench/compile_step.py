@@ -16,24 +16,23 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from vs_textbrewer import (
+    SHAPES,
+    sst2_setup,
+)  # the same shapes and data (bench/ is on sys.path as the script's folder)
 
 from distilnas.distill.bert import BertShape, build_student
 from distilnas.distill.config import DistillSettings
-from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_split
+from distilnas.distill.data import LengthBucketBatches, PackedRows
 from distilnas.distill.distiller import CachedTeacher, Distiller
-from distilnas.distill.glue import get_task
-from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
+from distilnas.distill.teacher_cache import TeacherCache
 from distilnas.spaces.mapping import LayerMapping
 
-SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
-"""As bench/vs_textbrewer.py: (layers, hidden, heads); 12 heads adds attention MSE."""
 TRIALS = {"proxy trial (demo)": 240, "final student (demo)": 330}
 LR, TOTAL = 1e-4, 10_000
 
@@ -81,13 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    source = resolve("minilm-l6")
-    tokenizer, teacher = load_tokenizer(source), load_encoder(source)
-    data = tokenize_split(
-        get_task("sst2"), "train", tokenizer, 128, Path(args.glue_dir), args.cache_dir, limit=args.examples
-    ).dataset
-    cache = teacher_cache(teacher, source.identity(), data, 128, ["hidden", "qkv"], args.cache_dir)
-    packed = PackedRows(data)
+    teacher, packed, cache = sst2_setup(args.glue_dir, args.cache_dir, args.examples)
     batches = list(LengthBucketBatches(packed.lengths, 32, seed=0))
     need = args.first + args.rounds * args.steps
     batches = (batches * (need // len(batches) + 1))[:need]

@@ -43,7 +43,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from distilnas.distill.bert import BertShape, build_student
 from distilnas.distill.config import DistillSettings
@@ -51,7 +51,7 @@ from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_spl
 from distilnas.distill.distiller import CachedTeacher, Distiller, LiveTeacher
 from distilnas.distill.glue import get_task
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import teacher_cache
+from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
 from distilnas.spaces.mapping import LayerMapping
 
 SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
@@ -192,6 +192,20 @@ class DistilnasRunner(Runner):
         return int(counter.get_total_flops())
 
 
+def sst2_setup(
+    glue_dir: str, cache_dir: str, examples: int
+) -> tuple[PreTrainedModel, PackedRows, TeacherCache]:
+    """What the step benches share: the MiniLM-L6 teacher, SST-2 train's first rows (max length 128) and
+    the teacher's hidden states and Q/K/V on them, cached."""
+    source = resolve("minilm-l6")
+    tokenizer, teacher = load_tokenizer(source), load_encoder(source)
+    data = tokenize_split(
+        get_task("sst2"), "train", tokenizer, 128, Path(glue_dir), cache_dir, limit=examples
+    ).dataset
+    cache = teacher_cache(teacher, source.identity(), data, 128, ["hidden", "qkv"], cache_dir)
+    return teacher, PackedRows(data), cache
+
+
 def settings(losses: dict[str, float], extra: dict[str, str]) -> DistillSettings:
     return DistillSettings(losses=losses, lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0, **extra)
 
@@ -212,13 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    source = resolve("minilm-l6")
-    tokenizer, teacher = load_tokenizer(source), load_encoder(source)
-    data = tokenize_split(
-        get_task("sst2"), "train", tokenizer, 128, Path(args.glue_dir), args.cache_dir, limit=args.examples
-    ).dataset
-    cache = teacher_cache(teacher, source.identity(), data, 128, ["hidden", "qkv"], args.cache_dir)
-    packed = PackedRows(data)
+    teacher, packed, cache = sst2_setup(args.glue_dir, args.cache_dir, args.examples)
     n = args.warmup + args.rounds * args.steps
     bucketed = list(LengthBucketBatches(packed.lengths, args.batch_size, seed=0))[:n]
     consecutive = [
