@@ -5,16 +5,19 @@ report to the driver, which records them, so one connection pool serves a whole 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from distilnas.distill.errors import UserError
 
 JOURNAL = "optuna.journal"
+SCHEMA_TRIES = 5
 
 
 def shown(url: str) -> str:
@@ -33,7 +36,19 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
     try:
         server = make_url(url).get_backend_name() != "sqlite"
-        # a server may close a connection a long stage left idle: test each before use
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if server else None)
     except Exception as exc:
         raise UserError(f"storage.url {shown(url)!r}: cannot open ({type(exc).__name__}: {exc})") from None
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            # a server may close a connection a long stage left idle: test each before use
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if server else None)
+        except (IntegrityError, ProgrammingError) as exc:
+            # Optuna creates the schema when it is missing; processes opening a new database at once
+            # race to create it, and the losers fail on "already exists". Once the winner has committed,
+            # opening again finds the schema and creates nothing.
+            error: Exception = exc
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:
+            error = exc
+            break
+    raise UserError(f"storage.url {shown(url)!r}: cannot open ({type(error).__name__}: {error})") from None

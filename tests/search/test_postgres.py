@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -134,7 +135,8 @@ def test_the_dashboards_serve_a_database_run(postgres: str, tmp_path: Path) -> N
     assert ours == theirs == ["distilnas-final", "distilnas-mapping"]
 
 
-def write_trials(url: str, writer: int, count: int) -> None:
+def write_trials(url: str, writer: int, count: int, start: threading.Barrier) -> None:
+    start.wait()  # all open the new database at once: they race to create its schema
     recorder = Recorder(open_storage(url, Path("unused")), "distilnas-parallel")
     for i in range(count):
         recorder.candidate(
@@ -143,9 +145,12 @@ def write_trials(url: str, writer: int, count: int) -> None:
 
 
 def test_parallel_writers_lose_no_trial(postgres: str) -> None:
-    """Four processes create the same study at once and add 15 trials each: all 60 land, numbered 0..59."""
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        pool.starmap(write_trials, [(postgres, w, 15) for w in range(4)])
+    """Four processes open a new database at the same moment (each finding no schema and creating it),
+    create the same study and add 15 trials each: all 60 land, numbered 0..59."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        start = manager.Barrier(4)
+        pool.starmap(write_trials, [(postgres, w, 15, start) for w in range(4)])
     trials = studies(postgres)["distilnas-parallel"]
     assert sorted(t.number for t in trials) == list(range(60))
     assert sorted((t.user_attrs["writer"], t.user_attrs["i"]) for t in trials) == [
