@@ -13,6 +13,7 @@ from datasets import Dataset, load_from_disk
 from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
+from distilnas.distill.artifacts import added
 from distilnas.distill.caches import touch
 from distilnas.distill.glue import GlueTask, load_split, task_folder
 from distilnas.distill.utils import atomic_dir, file_digest, fingerprint
@@ -83,6 +84,7 @@ def tokenize_split(
         if not (path / "dataset_info.json").is_file():
             with atomic_dir(path) as tmp:
                 _tokenize_split(task, split, tokenizer, max_length, glue_dir, limit).save_to_disk(str(tmp))
+            added(path)
     touch(path)
     return TokenizedSplit(task, split, load_from_disk(str(path)))
 
@@ -255,6 +257,7 @@ def tokenized_texts(
         if not (path / "dataset_info.json").is_file():
             with atomic_dir(path) as tmp:
                 _tokenize(texts, tokenizer, max_length).save_to_disk(str(tmp))
+            added(path)
     touch(path)
     return load_from_disk(str(path)), path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig
 
+from distilnas.distill.artifacts import Shelf
 from distilnas.distill.bert import importance, sample_batches
 from distilnas.distill.config import DistillConfig, TeacherConfig
 from distilnas.distill.corpus import sample_fraction
@@ -31,19 +32,14 @@ from distilnas.distill.losses import teacher_fields
 from distilnas.distill.reference_store import example_texts
 from distilnas.distill.students import StudentSpec
 from distilnas.distill.teacher import ModelSource, fine_tuned_teacher, load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import CacheCorrupted, TeacherCache, teacher_cache
+from distilnas.distill.teacher_cache import TeacherCache, reopened, teacher_cache
 
 log = logging.getLogger(__name__)
 
 
 def reopen(path: str, fingerprint: str, rebuild: Callable[[], TeacherCache]) -> CachedTeacher:
-    """A prepared teacher-output cache; one found damaged (truncated, altered) is rebuilt under its lock,
-    once whatever the number of trials that meet it, instead of failing every trial."""
-    try:
-        return CachedTeacher(TeacherCache(Path(path), fingerprint))
-    except CacheCorrupted as exc:
-        log.warning("%s; rebuilding it", exc)
-        return CachedTeacher(rebuild())
+    """A prepared teacher-output cache as a trial's teacher (see :func:`reopened`)."""
+    return CachedTeacher(reopened(path, fingerprint, rebuild))
 
 
 @dataclass
@@ -101,6 +97,9 @@ class PreparedData:
     """A safetensors file of head and neuron importance, or "" (not an ``extract`` student)."""
     tasks: list[TaskData] = field(default_factory=list)
     seed: int = 0
+    shelf: str = ""
+    """Where the run storage keeps copies of the cache folders trials read (a cluster run), or "" (one
+    machine: trials read the driver's cache)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +110,29 @@ class PreparedData:
         data["corpus"] = CorpusData(**data["corpus"]) if data.get("corpus") else None
         data["tasks"] = [TaskData(**t) for t in data["tasks"]]
         return cls(**data)
+
+    def travelling(self) -> list[str]:
+        """The cache folders trials read that only the driver can make: the fine-tuned teachers (trained
+        there), the tokenized corpus sample (the corpus is the driver's) and reference stores. (Tokenized
+        GLUE splits and teacher outputs are remade on each node from inputs every node reads.)"""
+        folders = [t.teacher_path for t in self.tasks] + [t.store for t in self.tasks if t.store]
+        return folders + ([self.corpus.data] if self.corpus else [])
+
+    def published(self, root: Path) -> PreparedData:
+        """Put what travels on the run storage's shelf ``root``, for trials on other nodes."""
+        shelf = Shelf(str(root), self.cache_dir)
+        for folder in self.travelling():
+            shelf.publish(folder)
+        return replace(self, shelf=str(root))
+
+    def on_node(self) -> PreparedData:
+        """Make sure this node's cache holds what travels (copied from the shelf where it lacks it); a
+        trial calls it before reading anything."""
+        if self.shelf:
+            shelf = Shelf(self.shelf, self.cache_dir)
+            for folder in self.travelling():
+                shelf.fetch(folder)
+        return self
 
     def tokenizer(self) -> Any:
         return load_tokenizer(ModelSource(self.teacher, self.teacher, True, True))
@@ -187,13 +209,15 @@ def prepare(
     train_limit: int | None,
     task_caches: bool,
     student: StudentSpec | None = None,
+    shelf: Path | None = None,
 ) -> PreparedData:
     """Prepare every input once (see the module docstring); importance is saved in ``out_dir``.
 
     ``task_caches``: cache the fine-tuned teachers' outputs on the tasks' training rows (task
     distillation reads them; fine-tuning on labels does not). ``student``: the student the caches serve,
-    when its kind needs more of them (a referenced student's reference stores). Paths are made absolute:
-    trials run in their own working folders."""
+    when its kind needs more of them (a referenced student's reference stores). ``shelf``: a folder of the
+    run storage to publish what travels to (a cluster run). Paths are made absolute: trials run in their
+    own working folders."""
     cache_dir, out_dir = cache_dir.resolve(), out_dir.resolve()
     glue_dir = glue_dir.resolve() if glue_dir is not None else None
     source = resolve(teacher.name)
@@ -247,4 +271,4 @@ def prepare(
         prepared.tasks.append(entry)
         for split in task.eval_splits:
             prepared.split(task, split, tok)
-    return prepared
+    return prepared.published(shelf) if shelf is not None else prepared

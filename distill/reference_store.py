@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from distilnas.distill.artifacts import added
 from distilnas.distill.caches import USED, touch
 from distilnas.distill.data import TokenizedSplit
 from distilnas.distill.errors import UserError
@@ -120,6 +121,7 @@ class ReferenceStore:
                 "files": {f: (tmp / f).stat().st_size for f in files},
             }
             (tmp / "store.json").write_text(json.dumps(meta, indent=2))
+        added(folder)
         return cls(folder)
 
     # ------------------------------------------------------------------ facts

@@ -29,6 +29,7 @@ from transformers import (
 
 # students of every kind load through the Auto classes: register the NAS-BERT, Kronecker and referenced BERTs
 from distilnas.distill import kronecker, nas_bert, referenced_bert  # noqa: F401  (registration)
+from distilnas.distill.artifacts import added
 from distilnas.distill.caches import touch
 from distilnas.distill.config import TrainSettings
 from distilnas.distill.data import split_source_id
@@ -297,4 +298,5 @@ def _fine_tune(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "teacher.json", record)
+    added(path)
     return FineTunedTeacher(path, task.name, key, result.metrics, record), False

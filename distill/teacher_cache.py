@@ -23,7 +23,7 @@ import json
 import logging
 import mmap
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from distilnas.distill.artifacts import added
 from distilnas.distill.caches import touch
 from distilnas.distill.capture import capture, recording
 from distilnas.distill.data import LengthBucketBatches, collate
@@ -308,6 +309,28 @@ def _write(
     (folder / "index.json").write_text(json.dumps(index, indent=2))
 
 
+def reopened(path: str | Path, fingerprint: str, rebuild: Callable[[], TeacherCache]) -> TeacherCache:
+    """A prepared cache, opened where a trial runs: built there when that node's cache lacks it (a
+    cluster's other machines), rebuilt when found damaged (truncated, altered) — under its lock, once
+    whatever the number of trials that meet it. A cache rebuilt under another fingerprint means this
+    node's teacher or data differ from the driver's: refused, never used."""
+    path = Path(path)
+    try:
+        return TeacherCache(path, fingerprint)
+    except CacheCorrupted as exc:
+        if path.exists():
+            log.warning("%s; rebuilding it", exc)
+        else:
+            log.info("%s: not in this node's cache; building it", path)
+    cache = rebuild()
+    if cache.fingerprint != fingerprint:
+        raise UserError(
+            f"{path}: remade here as {cache.fingerprint}: this node's teacher or data differ from the "
+            "driver's (install the same teacher and data on every node)"
+        )
+    return cache
+
+
 def teacher_cache(
     teacher: PreTrainedModel,
     teacher_id: str,
@@ -343,4 +366,5 @@ def teacher_cache(
         )
         with atomic_dir(path) as tmp:
             _write(teacher, dataset, key, tmp, batch_size, pad_id)
+        added(path)
         return TeacherCache(path, key.fingerprint)

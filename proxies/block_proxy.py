@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 
+from distilnas.distill.artifacts import Shelf
 from distilnas.distill.config import TeacherConfig
 from distilnas.distill.corpus import sample_fraction
 from distilnas.distill.data import PackedRows, tokenized_texts
 from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
-from distilnas.distill.teacher_cache import CacheCorrupted, TeacherCache, teacher_cache
+from distilnas.distill.teacher_cache import TeacherCache, reopened, teacher_cache
 from distilnas.distill.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -40,25 +41,37 @@ class BlockProxy:
     max_length: int
     pad_id: int
     seed: int
+    shelf: str = ""
+    """The run storage's copies of the cache folders trials read (a cluster run), or "" (one machine)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.corpus_cache).parent.parent  # <cache_dir>/teacher-outputs/<fingerprint>
+
+    def corpus(self) -> Dataset:
+        """The tokenized sample, from this node's cache (copied there from the shelf where it lacks it)."""
+        if self.shelf:
+            Shelf(self.shelf, str(self.cache_root)).fetch(self.corpus_data)
+        return load_from_disk(self.corpus_data)
+
     def cache(self) -> TeacherCache:
-        """The teacher's hidden states on the sample; found damaged, rebuilt (once, under its lock)."""
-        try:
-            return TeacherCache(Path(self.corpus_cache), self.corpus_fingerprint)
-        except CacheCorrupted as exc:
-            log.warning("%s; rebuilding it", exc)
+        """The teacher's hidden states on the sample: built where this node lacks them, rebuilt when found
+        damaged (once per node, under its lock)."""
+
+        def rebuild() -> TeacherCache:
             source = resolve(self.teacher)
-            root = Path(self.corpus_cache).parent.parent  # <cache_dir>/teacher-outputs/<fingerprint>
-            data = load_from_disk(self.corpus_data)
+            encoder = load_encoder(source)
             return teacher_cache(
-                load_encoder(source), source.identity(), data, self.max_length, ["hidden"], root
+                encoder, source.identity(), self.corpus(), self.max_length, ["hidden"], self.cache_root
             )
 
+        return reopened(self.corpus_cache, self.corpus_fingerprint, rebuild)
+
     def rows(self) -> PackedRows:
-        return PackedRows(load_from_disk(self.corpus_data))
+        return PackedRows(self.corpus())
 
     @property
     def train_rows(self) -> np.ndarray:
@@ -79,8 +92,10 @@ def prepare_block_proxy(
     cache_dir: Path,
     out_dir: Path,
     seed: int,
+    shelf: Path | None = None,
 ) -> BlockProxy:
-    """Sample and tokenize the corpus, cache the teacher's hidden states on it; paths are absolute."""
+    """Sample and tokenize the corpus, cache the teacher's hidden states on it; paths are absolute.
+    ``shelf``: a folder of the run storage to publish the sample to (a cluster run)."""
     cache_dir, out_dir = cache_dir.resolve(), out_dir.resolve()
     source = resolve(teacher.name)
     encoder, tok = load_encoder(source), load_tokenizer(source)
@@ -102,6 +117,9 @@ def prepare_block_proxy(
         max_length=max_length,
         pad_id=int(tok.pad_token_id or 0),
         seed=seed,
+        shelf=str(shelf) if shelf is not None else "",
     )
+    if shelf is not None:
+        Shelf(str(shelf), str(cache_dir)).publish(data)
     atomic_write_json(out_dir / "proxy.json", proxy.to_json())
     return proxy

@@ -71,8 +71,10 @@ def prepare_proxy(
     out_dir: Path,
     mode: str,
     seed: int,
+    shelf: Path | None = None,
 ) -> PreparedProxy:
-    """Fine-tuned teachers, token data, importance and teacher-output caches for the proxy setting."""
+    """Fine-tuned teachers, token data, importance and teacher-output caches for the proxy setting
+    (``shelf``: where a cluster run publishes what trials read)."""
     data = prepare(
         teacher,
         distill,
@@ -85,6 +87,7 @@ def prepare_proxy(
         corpus_fraction=proxy.corpus_fraction,
         train_limit=proxy.train_examples,
         task_caches=mode == "task-specific",  # task-agnostic trials fine-tune on labels: no teacher outputs
+        shelf=shelf,
     )
     return PreparedProxy(data, distill.model_dump(mode="json"), proxy.model_dump(mode="json"), mode)
 
@@ -109,7 +112,7 @@ class MappingFitness:
         spec = spec.kind.proxy_form(spec)
         record = StudentRecord(spec.name, spec, student.init, str(mapping))
         tasks = [t.name for t in p.data.tasks]
-        outcomes = distil(record, mapping.pairs(), p.data, config, tasks, budget=p.budget(rung))
+        outcomes = distil(record, mapping.pairs(), p.data.on_node(), config, tasks, budget=p.budget(rung))
         scores = {name: float(o["score"]) for name, o in outcomes.items()}
         scores["fitness"] = sum(scores.values()) / len(scores)
         return scores

@@ -138,8 +138,9 @@ def ray_reachable(address: str | None) -> None:
 
 def ray_up(cfg: RunConfig, address: str | None) -> None:
     """Ray started here, or the cluster at ``address`` joined (the last checks: they are the slowest). On
-    a cluster, every node must see the run folder and the cache as the driver does, and GLUE's and the
-    teacher's files."""
+    a cluster, every node must see the run folder as the driver does (the run storage: the driver
+    publishes there what trials read from its cache), and GLUE's and the teacher's files, and be able to
+    write its own cache."""
     address = address or cfg.ray.address
     ray_reachable(address)
     start_ray(cfg.ray, address)
@@ -148,7 +149,7 @@ def ray_up(cfg: RunConfig, address: str | None) -> None:
         teacher = Path(resolve(cfg.teacher.name).location)
         if teacher.is_dir():  # a folder (or the alias's package): students start from its weights
             readable["teacher.name"] = teacher
-        check_nodes({"output_dir": cfg.output_dir, "data.cache_dir": cfg.cache_dir}, readable)
+        check_nodes({"output_dir": cfg.output_dir}, readable, {"data.cache_dir": cfg.cache_dir})
 
 
 def storage(url: str | None) -> None:

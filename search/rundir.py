@@ -290,6 +290,11 @@ class RunFolder(Folder):
         return Folder(self.path / "final")
 
     @property
+    def artifacts(self) -> Path:
+        """The cache folders trials read, published for the nodes of a cluster (by fingerprinted name)."""
+        return self.path / "artifacts"
+
+    @property
     def results_dir(self) -> Path:
         return self.path / "results"
 

@@ -39,7 +39,7 @@ from distilnas.distill.utils import atomic_write_json, fingerprint
 from distilnas.results.records import ExportSource, Measured, ModelResult, Provenance
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
-from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, start_ray
+from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, shelf, start_ray
 from distilnas.spaces.joint_space import JointCandidate
 from distilnas.spaces.mapping import LayerMapping
 
@@ -155,7 +155,7 @@ class FinalWork:
     folder: str
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        data = PreparedData.from_json(self.prepared)
+        data = PreparedData.from_json(self.prepared).on_node()
         record = StudentRecord.from_json(self.students[config["student"]])
         pairs = LayerMapping.from_string(record.mapping, data.teacher_layers).pairs()
         folder = Path(self.folder) / "students" / record.name
@@ -211,6 +211,7 @@ def prepare_tasks(cfg: RunConfig, tasks: list[str], folder: Path, student: Stude
         train_limit=cfg.distill.train_limit,
         task_caches=True,  # task distillation reads the fine-tuned teachers' cached outputs
         student=student,
+        shelf=shelf(RunFolder.of(cfg).artifacts),
     )
     atomic_write_json(folder / "proxy.json", prepared.to_json())
     return prepared

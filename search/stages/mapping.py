@@ -34,7 +34,7 @@ from distilnas.search.strategies import (
     exhaustive,
     key,
 )
-from distilnas.search.tune import Recorder, StrategySearcher, run_trials, start_ray
+from distilnas.search.tune import Recorder, StrategySearcher, run_trials, shelf, start_ray
 from distilnas.spaces.base import Genome
 from distilnas.spaces.mapping import LayerMapping
 from distilnas.spaces.mapping_space import MappingSpace
@@ -66,6 +66,7 @@ def proxy_for(cfg: RunConfig, folder: Path, proxy: ProxyConfig | None = None) ->
         folder,
         cfg.search.mapping.mode,
         cfg.seed,
+        shelf(RunFolder.of(cfg).artifacts),
     )
     atomic_write_json(folder / "proxy.json", prepared.to_json())
     return prepared

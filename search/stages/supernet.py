@@ -45,7 +45,7 @@ from distilnas.results.pareto import non_dominated_sort
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.supernet_blocks import BlockWork, masked_mse
-from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, start_ray
+from distilnas.search.tune import Job, JobSearcher, Recorder, run_trials, shelf, start_ray
 from distilnas.spaces.nas_space import NasSpace
 from distilnas.spaces.supernet import extract
 
@@ -332,6 +332,7 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
         cfg.cache_dir,
         folder,
         cfg.seed,
+        shelf(run.artifacts),
     )
     recorder = BlockRecorder(storage, run, space.blocks)
     blocks, ray_overhead = train_blocks(cfg, space, proxy, table, folder, recorder)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import load_from_disk
 from transformers import BertConfig
 
 from distilnas.distill.config import DistillSettings
@@ -76,7 +75,7 @@ class StandaloneWork:
             lr=sn.lr,
             seed=cfg.seed,
         )
-        corpus = load_from_disk(p.corpus_data).select(p.train_rows.tolist())
+        corpus = p.corpus().select(p.train_rows.tolist())
         distilled = Distiller(student, CachedTeacher(p.cache()), pairs, general).fit(
             corpus, pad_id=p.pad_id, desc="standalone: general"
         )

@@ -1,6 +1,6 @@
 """Ray Tune for every stage: searchers, the one recorder of trials, trainables and Ray start-up."""
 
-from distilnas.search.tune.cluster import check_nodes, init_ray, start_ray, trial_slots
+from distilnas.search.tune.cluster import check_nodes, init_ray, shelf, start_ray, trial_slots
 from distilnas.search.tune.recorder import Recorder
 from distilnas.search.tune.searchers import Job, JobSearcher, StrategySearcher, TimedSearcher
 from distilnas.search.tune.trainables import run_trials
@@ -14,6 +14,7 @@ __all__ = [
     "check_nodes",
     "init_ray",
     "run_trials",
+    "shelf",
     "start_ray",
     "trial_slots",
 ]

@@ -18,6 +18,20 @@ PROBE_SECONDS = 120.0
 """How long a node may take to answer the probe (its first worker starts: imports torch, distilnas)."""
 
 
+class RaySession:
+    """The Ray this process started (alone on this machine) or joined (a cluster's: trials may run on
+    machines without the driver's disk)."""
+
+    joined: str | None = None
+    """The cluster's address, when one was joined."""
+
+
+def shelf(folder: Path) -> Path | None:
+    """``folder`` (the run folder's artifacts) when Ray is a cluster's: the driver publishes there what
+    trials read from its cache (:mod:`distilnas.distill.artifacts`); None when Ray runs here alone."""
+    return folder.resolve() if RaySession.joined else None
+
+
 def init_ray(
     address: str | None, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None
 ) -> None:
@@ -34,8 +48,10 @@ def init_ray(
     try:
         if address:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+            RaySession.joined = address
         else:
             # "local": a new Ray here, even where `ray start` left a cluster Ray would otherwise join
+            RaySession.joined = None
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
@@ -83,10 +99,22 @@ def listing(folder: Path) -> list[tuple[str, int]]:
     return sorted((p.name, p.stat().st_size if p.is_file() else -1) for p in folder.iterdir())
 
 
-def look(writable: dict[str, tuple[str, str]], readable: dict[str, tuple[str, list[tuple[str, int]]]]) -> str:
-    """On one node: each writable folder holds the driver's token file, and this node can write beside it;
-    each readable folder lists as the driver lists it. The first problem, or '' when none."""
+def look(
+    writable: dict[str, tuple[str, str]],
+    readable: dict[str, tuple[str, list[tuple[str, int]]]],
+    local: dict[str, str],
+) -> tuple[str, str]:
+    """On one node: in each local folder (or the nearest that exists) this node can write; each writable
+    folder holds the driver's token file, and this node can write beside it; each readable folder lists
+    as the driver lists it. The first problem and its field, or ('', '') when none."""
     node = ray.get_runtime_context().get_node_id()
+    for field, folder in local.items():
+        probe = anchor(Path(folder)) / f".distilnas-probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_text("", encoding="utf-8")
+            probe.unlink()
+        except OSError as exc:
+            return f"cannot write in {probe.parent} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, token) in writable.items():
         probe = Path(folder) / f".distilnas-probe-{token}"
         try:
@@ -94,26 +122,29 @@ def look(writable: dict[str, tuple[str, str]], readable: dict[str, tuple[str, li
         except OSError:
             seen = ""
         if seen != token:
-            return f"does not see {field} {folder} (the driver's probe file there is missing)"
+            return f"does not see {field} {folder} (the driver's probe file there is missing)", field
         try:
             (Path(folder) / f".distilnas-probe-{token}-{node}").write_text(token, encoding="utf-8")
         except OSError as exc:
-            return f"cannot write in {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})"
+            return f"cannot write in {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, driver) in readable.items():
         try:
             here = [tuple(x) for x in listing(Path(folder))]
         except OSError as exc:
-            return f"cannot read {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})"
+            return f"cannot read {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})", field
         if here != [tuple(x) for x in driver]:
-            return f"sees {field} {folder} unlike the driver (its files differ)"
-    return ""
+            return f"sees {field} {folder} unlike the driver (its files differ)", field
+    return "", ""
 
 
-def check_nodes(writable: dict[str, Path], readable: dict[str, Path]) -> None:
-    """Every alive node of the cluster sees the run's folders as the driver does, so a trial placed on any
-    of them finds its files: ``writable`` folders (the run folder, the cache) are the same storage there
-    and writable; ``readable`` ones (GLUE) hold the same files. One line naming the first node that does
-    not, before any work; the probe's files are removed."""
+def check_nodes(
+    writable: dict[str, Path], readable: dict[str, Path], local: dict[str, Path] | None = None
+) -> None:
+    """Every alive node of the cluster sees the run's folders as a trial there needs them: ``writable``
+    folders (the run storage) are the driver's storage there and writable; ``readable`` ones (GLUE, the
+    teacher) hold the same files; ``local`` ones (the cache: each node's own) can be written. One line
+    naming the first node that does not, before any work; the probe's files are removed."""
+    own = {field: str(path.resolve()) for field, path in (local or {}).items()}
     token = uuid.uuid4().hex
     folders = {field: anchor(path) for field, path in writable.items()}
     made: list[Path] = []
@@ -128,7 +159,7 @@ def check_nodes(writable: dict[str, Path], readable: dict[str, Path]) -> None:
         nodes = [n for n in ray.nodes() if n["Alive"]]
         pending = {
             task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-                wants, shows
+                wants, shows, own
             ): n
             for n in nodes
         }
@@ -144,13 +175,18 @@ def check_nodes(writable: dict[str, Path], readable: dict[str, Path]) -> None:
                     "(can it start workers?)"
                 )
             try:
-                problem = ray.get(ref)
+                problem, field = ray.get(ref)
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[-1][:300]
                 raise UserError(
                     f"{where}: cannot run distilnas ({reason}): install it there from the same constraints "
                     "file, or set ray.runtime_env"
                 ) from None
+            if field in own:
+                raise UserError(
+                    f"{where}: {field} {own[field]}: {problem}: trials there build their caches in it; "
+                    "make it a writable folder on every node"
+                )
             if problem:
                 fields = ", ".join([*folders, *readable])
                 raise UserError(

@@ -45,6 +45,13 @@ class TimedSearcher(Searcher):
         self.retries = retries
         self.failures: dict[str, int] = {}  # candidate or job -> failed attempts, this run and earlier
         self.nodes: dict[str, int] = {}  # Ray node -> trials it ran (this run)
+        self.cache_added: dict[str, dict[str, int]] = {}  # Ray node -> cache folder -> times made there
+
+    def added(self, node: str, folders: Mapping[str, int]) -> None:
+        """Count cache folders made on ``node`` (built there, or copied from the run storage)."""
+        here = self.cache_added.setdefault(node, {})
+        for folder, n in folders.items():
+            here[folder] = here.get(folder, 0) + n
 
     def failed(self, what: str, reason: str) -> bool:
         """Count a failure of ``what``; whether it is tried again (``retries`` times at most)."""
@@ -57,6 +64,7 @@ class TimedSearcher(Searcher):
         started = self.started.pop(trial_id, None)
         if result and "node" in result:
             self.nodes[result["node"]] = self.nodes.get(result["node"], 0) + 1
+            self.added(result["node"], json.loads(result.get("cache_added") or "{}"))
         if started is not None and result and "seconds" in result:
             inner = float(result["seconds"])
             self.seconds.append(inner)
@@ -66,7 +74,8 @@ class TimedSearcher(Searcher):
         """Ray Tune's own cost per trial: the time from suggest to result (scheduling, actor start-up,
         reporting) less the trial's evaluation; how busy the slots were (generation barriers and the
         last trials of a search leave slots idle, which is the search's cost, not Ray's); and how many
-        trials each Ray node ran."""
+        trials each Ray node ran, and which cache folders each node made how often (the driver's node
+        counts what the driver prepared)."""
         if not self.seconds:
             return {}
         mean = statistics.fmean(self.seconds)
@@ -82,6 +91,7 @@ class TimedSearcher(Searcher):
             "overhead_fraction": per_trial / mean,
             "slot_utilisation": sum(self.seconds) / (self.wall * self.slots) if self.wall else 0.0,
             "trials_per_node": dict(sorted(self.nodes.items())),
+            "cache_added_per_node": {n: dict(sorted(c.items())) for n, c in sorted(self.cache_added.items())},
         }
 
 

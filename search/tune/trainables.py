@@ -19,6 +19,7 @@ import ray
 import torch
 from ray import tune
 
+from distilnas.distill import artifacts
 from distilnas.search.config import RayConfig
 from distilnas.search.tune.cluster import trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
@@ -30,14 +31,18 @@ def node() -> str:
     return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
 
 
+def where() -> dict[str, str]:
+    """What every trial reports of its place: the node, and the cache folders its process added there
+    since its last report (built, or copied from the run storage) as JSON."""
+    return {"node": node(), "cache_added": json.dumps(artifacts.drain())}
+
+
 def failed(exc: BaseException, start: float, metric: str) -> None:
     """Report a trial's failure with its reason (the traceback goes to the trial's log). The searcher's
     metric is reported too, as NaN: Ray Tune ends the whole run on a result without it."""
     traceback.print_exc(file=sys.stderr)
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    tune.report(
-        {metric: float("nan"), "error": reason, "seconds": time.perf_counter() - start, "node": node()}
-    )
+    tune.report({metric: float("nan"), "error": reason, "seconds": time.perf_counter() - start, **where()})
 
 
 def job_trial(
@@ -56,7 +61,7 @@ def job_trial(
             "score": float(out.get("score", 0.0)),
             "outcome": json.dumps(out),
             "seconds": time.perf_counter() - start,
-            "node": node(),
+            **where(),
         }
     )
 
@@ -77,7 +82,7 @@ def candidate_trial(
             "fitness": scores["fitness"],
             **{f"score_{k}": v for k, v in scores.items() if k != "fitness"},
             "seconds": time.perf_counter() - start,
-            "node": node(),
+            **where(),
         }
     )
 
@@ -123,6 +128,7 @@ def run_trials(
             verbose=0,
         ),
     )
+    searcher.added(node(), artifacts.drain())  # what the driver prepared in its cache for these trials
     start = time.perf_counter()
     tuner.fit()
     searcher.wall = time.perf_counter() - start

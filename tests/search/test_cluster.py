@@ -1,7 +1,9 @@
-"""Ray start-up for a cluster. Two Ray nodes on this machine, the second in a mount namespace of its own
-where a folder of the driver's is an empty tmpfs (a machine without the driver's disk): every node is
-probed for the run's files before any work, and a node that cannot see them is refused in one line naming
-it. And ``ray.runtime_env`` reaches the workers."""
+"""Ray for a cluster. Two Ray nodes on this machine, the second in a mount namespace of its own where a
+folder of the driver's is an empty tmpfs (a machine without the driver's disk) holding a read-only folder:
+every node is probed for the run's files before any work, and a node that cannot see them, or write its
+own cache, is refused in one line naming it; a search whose cache the second node cannot see runs there
+all the same (what its trials read travels through the run storage, its caches are built there once).
+And ``ray.runtime_env`` reaches the workers."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ needs_namespace = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, Path, str]]:
-    """(address, a folder the second node sees as empty, the second node's ID)."""
+    """(address, a folder the second node sees as empty but for a read-only ``ro``, its node ID)."""
     from ray.cluster_utils import Cluster
 
     hidden = Path(tempfile.mkdtemp(prefix="distilnas-hidden-", dir="/tmp"))
@@ -48,7 +50,8 @@ def cluster() -> Iterator[tuple[str, Path, str]]:
     ray_cli = Path(sys.executable).parent / "ray"
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs tmpfs {hidden} && exec {ray_cli} start --address={head.address} --num-cpus=1 "
+         f"mount -t tmpfs tmpfs {hidden} && mkdir {hidden}/ro && mount -t tmpfs -o ro tmpfs {hidden}/ro "
+         f"&& exec {ray_cli} start --address={head.address} --num-cpus=1 "
          "--block --disable-usage-stats"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=dict(os.environ, RAY_ADDRESS=""),
@@ -74,10 +77,23 @@ def cluster() -> Iterator[tuple[str, Path, str]]:
 def test_nodes_that_share_the_disk_pass_the_probe_and_it_leaves_nothing(
     cluster: tuple[str, Path, str], tmp_path: Path, glue_dir: Path
 ) -> None:
-    check_nodes(
-        {"output_dir": tmp_path / "run", "data.cache_dir": tmp_path / "cache"}, {"data.glue_dir": glue_dir}
-    )
+    check_nodes({"output_dir": tmp_path / "run"}, {"data.glue_dir": glue_dir}, {"data.cache_dir": tmp_path})
     assert list(tmp_path.iterdir()) == []  # the probe's files are gone, nothing was made
+    _, hidden, _ = cluster
+    check_nodes({"output_dir": tmp_path / "run"}, {}, {"data.cache_dir": hidden / "cache"})  # a node's own
+
+
+@needs_namespace
+def test_a_node_that_cannot_write_its_cache_is_named(cluster: tuple[str, Path, str], tmp_path: Path) -> None:
+    _, hidden, second = cluster
+    with pytest.raises(UserError) as err:
+        check_nodes({"output_dir": tmp_path / "run"}, {}, {"data.cache_dir": hidden / "ro" / "cache"})
+    assert (
+        f"({second[:8]}): data.cache_dir {hidden / 'ro' / 'cache'}: cannot write in {hidden / 'ro'}"
+        in str(err.value)
+    )
+    assert "make it a writable folder on every node" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_namespace
@@ -85,7 +101,7 @@ def test_a_node_without_the_run_folder_is_named(cluster: tuple[str, Path, str], 
     _, hidden, second = cluster
     (hidden / "runs").mkdir()
     with pytest.raises(UserError) as err:
-        check_nodes({"output_dir": hidden / "runs" / "a", "data.cache_dir": tmp_path}, {})
+        check_nodes({"output_dir": hidden / "runs" / "a"}, {}, {"data.cache_dir": tmp_path})
     assert f"({second[:8]})" in str(err.value)
     assert f"does not see output_dir {hidden / 'runs'}" in str(err.value)
     assert list((hidden / "runs").iterdir()) == [] and list(tmp_path.iterdir()) == []
@@ -135,12 +151,18 @@ def test_the_runtime_env_reaches_the_workers() -> None:
 def test_a_mapping_search_on_two_nodes_uses_both_and_finds_what_one_node_finds(
     cluster: tuple[str, Path, str], tmp_path: Path, glue_dir: Path, corpus_dir: Path
 ) -> None:
-    address, _, second = cluster
+    """The driver's cache is where the second node sees an empty folder: the second node's trials copy
+    the fine-tuned teacher and the corpus sample from the run storage and build the teacher's outputs in
+    their own cache, once for all trials there."""
+    address, hidden, second = cluster
     teacher = save_tiny_bert(tmp_path / "teacher", layers=4)
     found = {}
     for where in ("two", "one"):
         (tmp_path / where).mkdir()
         cfg = config(tmp_path / where, teacher, glue_dir, corpus_dir)
+        cfg.write_text(
+            cfg.read_text().replace(str(tmp_path / where / "cache"), str(hidden / f"{where}-cache"))
+        )
         args = ["search", "mapping", str(cfg), "--json"] + (["--address", address] if where == "two" else [])
         proc = run_process(*args, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
@@ -150,3 +172,24 @@ def test_a_mapping_search_on_two_nodes_uses_both_and_finds_what_one_node_finds(
     assert len(found["one"]["ray"]["trials_per_node"]) == 1
     assert found["two"]["best"] == found["one"]["best"]
     assert found["two"]["exhaustive"]["ranked"] == found["one"]["exhaustive"]["ranked"]
+
+    added = found["two"]["ray"]["cache_added_per_node"]
+    [there] = [n for n in added if f"({second[:8]})" in n]
+    [here] = [n for n in added if n != there]
+
+    def made(node: str, kind: str) -> dict[str, int]:
+        return {k: v for k, v in added[node].items() if k.startswith(f"{kind}/")}
+
+    # the teacher ran once per node, on the same examples (the same fingerprint)
+    assert (
+        made(here, "teacher-outputs") == made(there, "teacher-outputs")
+        and len(made(here, "teacher-outputs")) == 1
+    )
+    assert set(made(here, "teacher-outputs").values()) == {1}
+    # what only the driver can make was copied there once: the fine-tuned teacher, the corpus sample
+    assert made(there, "teachers") == made(here, "teachers") and set(made(there, "teachers").values()) == {1}
+    corpus = {k: v for k, v in made(there, "tokenized").items() if k.startswith("tokenized/corpus-")}
+    assert len(corpus) == 1 and set(corpus.values()) == {1}
+    shelf = tmp_path / "two" / "run" / "artifacts"
+    assert sorted(p.name for p in shelf.iterdir()) == ["teachers", "tokenized"]
+    assert not (tmp_path / "one" / "run" / "artifacts").exists()  # Ray here alone: nothing travels
