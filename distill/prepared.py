@@ -10,7 +10,6 @@ limit.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,8 +32,6 @@ from distilnas.distill.reference_store import example_texts
 from distilnas.distill.students import StudentSpec
 from distilnas.distill.teacher import ModelSource, fine_tuned_teacher, load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, reopened, teacher_cache
-
-log = logging.getLogger(__name__)
 
 
 def reopen(path: str, fingerprint: str, rebuild: Callable[[], TeacherCache]) -> CachedTeacher:

@@ -7,7 +7,6 @@ them, and block training never sees them.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from distilnas.distill.errors import UserError
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, reopened, teacher_cache
 from distilnas.distill.utils import atomic_write_json
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
