@@ -241,13 +241,18 @@ class ReferencesConfig(Strict):
     """The first this-many tokens of each reference are stored and attended to."""
 
 
-class StudentConfig(Strict):
-    """A BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
+class StudentShape(Strict):
+    """A BERT student's sizes; empty ones follow the teacher (its head size and FFN ratio)."""
 
     layers: int = Field(4, gt=0)
     hidden: int | None = Field(None, gt=0)
     heads: int | None = Field(None, gt=0)
     intermediate: int | None = Field(None, gt=0)
+
+
+class StudentConfig(StudentShape):
+    """A BERT student; empty sizes follow the teacher (its head size and FFN ratio)."""
+
     init: Literal["random", "copy", "extract"] = "extract"
     """How the student starts: random, a copy of the mapped teacher layers, or extracted from them."""
     importance_batches: int = Field(8, ge=0)

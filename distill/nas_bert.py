@@ -5,11 +5,18 @@ leading rows and columns; that is how the supernet shares weights across sizes (
 A standalone student builds each operation at exactly its block's size, so slicing is the identity there,
 and extracting a path from the supernet is copying each tensor's leading slice under the same name.
 
-A student is a chain of blocks. Block 1 starts from the embeddings at its hidden size; every later block
-starts with a learned projection from the teacher's width. Every block ends with a projection back to the
-teacher's width, so the hidden state at each block boundary is comparable with the teacher's at the
-matching layer (``hidden_states[b]`` is block b's output; ``hidden_states[0]``, the embedding output, is
-at block 1's size). Layers are post-LayerNorm residual, as in BERT.
+A student is a chain of blocks, in one of two forms (``NasBertConfig.form``):
+- ``distillation`` (how it is trained): block 1 starts from the embeddings at its hidden size; every later
+  block starts with a learned projection from the teacher's width, and every block ends with a projection
+  back to it, so the hidden state at each block boundary is comparable with the teacher's at the matching
+  layer (``hidden_states[b]`` is block b's output; ``hidden_states[0]``, the embedding output, is at
+  block 1's size).
+- ``deployed`` (what is timed, put on the front and exported): nothing runs at the teacher's width. Block
+  b's output projection and block b+1's input projection have nothing between them, so they are fused
+  into one map from h_b to h_{b+1}; the last block's output projection is fused into the pooler, which
+  reads only [CLS]. :func:`deployed` converts a distilled student exactly (up to float rounding); its
+  ``hidden_states[b]`` are at block b's own width.
+Layers are post-LayerNorm residual, as in BERT.
 
 Departures from NAS-BERT (Xu et al., KDD 2021), said here once:
 - the embeddings belong to block 1 and take its hidden size (NAS-BERT's 5M- and 10M-parameter models
@@ -34,6 +41,8 @@ from distilnas.distill.dropout import dropout
 from distilnas.distill.utils import register_student
 
 MODEL_TYPE = "nas-bert"
+DISTILLATION, DEPLOYED = "distillation", "deployed"
+FORMS = (DISTILLATION, DEPLOYED)
 
 
 def heads_for(hidden: int) -> int:
@@ -193,7 +202,8 @@ class NasBlock(nn.Module):
 
     The supernet builds it at its widest size with every operation at every position; a standalone student
     builds it at its own size with the one operation each position has. Parameter names are the same in
-    both, so extraction copies tensors by name.
+    both, so extraction copies tensors by name. A deployed block (``entry``: the previous block's width;
+    ``projects=False``) enters from the previous block's state and ends at its own width.
     """
 
     def __init__(
@@ -204,18 +214,20 @@ class NasBlock(nn.Module):
         embeddings: tuple[int, int, int] | None = None,
         eps: float = 1e-12,
         dropout: float = 0.0,
+        entry: int | None = None,
+        projects: bool = True,
     ) -> None:
         super().__init__()
         self.first = embeddings is not None
         self.inp: Any = (
             SlicedEmbeddings(*embeddings, width, eps, dropout)
             if embeddings is not None
-            else SlicedLinear(teacher_hidden, width)
+            else SlicedLinear(entry or teacher_hidden, width)
         )
         self.layers: Any = nn.ModuleList(
             nn.ModuleDict({op: OPERATIONS[op](width, eps, dropout) for op in ops}) for ops in choices
         )
-        self.out = SlicedLinear(width, teacher_hidden)
+        self.out: Any = SlicedLinear(width, teacher_hidden) if projects else None
 
     def enter(self, x: torch.Tensor, token_type_ids: torch.Tensor | None, hidden: int) -> torch.Tensor:
         if self.first:
@@ -236,19 +248,21 @@ class NasBlock(nn.Module):
         return self.chain(self.enter(x, token_type_ids, hidden), mask, ops)
 
     def chain(self, y: torch.Tensor, mask: torch.Tensor, ops: Sequence[str]) -> torch.Tensor:
-        """The layers after the input (``id`` ends them), then the projection to the teacher's width."""
+        """The layers after the input (``id`` ends them), then the projection to the teacher's width
+        (none in a deployed block)."""
         for layer, op in zip(self.layers, ops, strict=False):  # ops may end before the positions do
             if op == IDENTITY:
                 break
             y = layer[op](y, mask)
-        return self.out(y)
+        return y if self.out is None else self.out(y)
 
 
 class NasBertConfig(PretrainedConfig):
-    """A NAS-BERT student: its path (block by block: hidden size and operations) and the teacher's width.
+    """A NAS-BERT student: its path (block by block: hidden size and operations), the teacher's width and
+    its form (the module docstring).
 
-    ``hidden_size`` is the teacher's width (every block's output has it); ``blocks`` is a list of
-    ``{"hidden": h, "ops": [...]}`` without identities.
+    ``hidden_size`` is the teacher's width (every block's output has it in the distillation form, the
+    pooler's in both); ``blocks`` is a list of ``{"hidden": h, "ops": [...]}`` without identities.
     """
 
     model_type = MODEL_TYPE
@@ -265,8 +279,12 @@ class NasBertConfig(PretrainedConfig):
         path: str = "",
         teacher_boundaries: list[int] | None = None,
         pad_token_id: int = 0,
+        form: str = DISTILLATION,
         **kwargs: Any,
     ) -> None:
+        if form not in FORMS:
+            raise ValueError(f"form: {form!r}, not one of {', '.join(FORMS)}")
+        self.form = form
         self.blocks = blocks or [{"hidden": 128, "ops": ["ffn"]}]
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
@@ -303,24 +321,35 @@ class NasBertPreTrainedModel(PreTrainedModel):
 
 
 class NasBertModel(NasBertPreTrainedModel):
-    """The standalone student encoder: every block at its own size, its output at the teacher's width."""
+    """The standalone student encoder: every block at its own size, its output at the teacher's width
+    (the distillation form) or at the last block's (the deployed form)."""
 
     def __init__(self, config: NasBertConfig) -> None:
         super().__init__(config)
         c = config
         emb = (c.vocab_size, c.max_position_embeddings, c.type_vocab_size)
+        widths = [int(b["hidden"]) for b in c.blocks]
+        deployed = c.form == DEPLOYED
         self.blocks = nn.ModuleList(
             NasBlock(
-                int(b["hidden"]),
+                widths[i],
                 [[op] for op in b["ops"]],
                 c.hidden_size,
                 emb if i == 0 else None,
                 c.layer_norm_eps,
                 c.hidden_dropout_prob,
+                entry=widths[i - 1] if deployed and i else None,
+                projects=not deployed,
             )
             for i, b in enumerate(c.blocks)
         )
         self.post_init()
+
+    @property
+    def output_width(self) -> int:
+        """The width of ``last_hidden_state``."""
+        c = self.config
+        return int(c.blocks[-1]["hidden"]) if c.form == DEPLOYED else int(c.hidden_size)
 
     def get_input_embeddings(self) -> nn.Module:
         first: Any = self.blocks[0]
@@ -352,13 +381,13 @@ class NasBertModel(NasBertPreTrainedModel):
 
 
 class NasBertForSequenceClassification(NasBertPreTrainedModel):
-    """The encoder, BERT's pooler (tanh dense on [CLS]) at the teacher's width, and a classifier."""
+    """The encoder, BERT's pooler (tanh dense on [CLS], to the teacher's width), and a classifier."""
 
     def __init__(self, config: NasBertConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
         self.nas_bert = NasBertModel(config)
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.pooler = nn.Linear(self.nas_bert.output_width, config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, int(config.num_labels or 2))
         self.post_init()
 
@@ -387,17 +416,49 @@ class NasBertForSequenceClassification(NasBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-def block_parameters(
-    hidden: int, ops: Sequence[str], teacher_hidden: int, embeddings: tuple[int, int, int] | None
-) -> int:
-    """Exact parameters of one standalone block (identities cost nothing)."""
-    n = (
-        SlicedEmbeddings.parameters_at(hidden, *embeddings)
-        if embeddings is not None
-        else teacher_hidden * hidden + hidden
-    )
-    n += sum(OPERATIONS[op].parameters_at(hidden) for op in ops if op != IDENTITY)
-    return n + hidden * teacher_hidden + teacher_hidden
+@torch.no_grad()
+def deployed(model: NasBertModel | NasBertForSequenceClassification) -> PreTrainedModel:
+    """``model`` (distillation form) in its deployed form: block b's output projection fused with block
+    b+1's input projection (``W_in @ W_out``, bias ``W_in @ b_out + b_in``) and the last block's fused into
+    the pooler. Exact up to float rounding, since nothing sits between the fused maps; an encoder alone
+    loses its last projection (its output is then at the last block's width)."""
+    config = model.config
+    if config.form == DEPLOYED:
+        return model
+    cfg = NasBertConfig.from_dict({**config.to_dict(), "form": DEPLOYED})
+    cfg._attn_implementation = config._attn_implementation
+    target: Any = type(model)(cfg)
+    source = model.state_dict()
+    prefix = "nas_bert." if isinstance(model, NasBertForSequenceClassification) else ""
+    state = {k: v for k, v in source.items() if k in target.state_dict()}
+
+    def fused(outer: str, inner: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``outer`` after ``inner`` as one linear map (computed in float64, then the model's dtype)."""
+        wo, bo = source[f"{outer}.weight"].double(), source[f"{outer}.bias"].double()
+        wi, bi = source[f"{inner}.weight"].double(), source[f"{inner}.bias"].double()
+        dtype = source[f"{outer}.weight"].dtype
+        return (wo @ wi).to(dtype), (wo @ bi + bo).to(dtype)
+
+    for b in range(1, len(config.blocks)):
+        name = f"{prefix}blocks.{b}.inp"
+        state[f"{name}.weight"], state[f"{name}.bias"] = fused(name, f"{prefix}blocks.{b - 1}.out")
+    if prefix:
+        last = f"nas_bert.blocks.{len(config.blocks) - 1}.out"
+        state["pooler.weight"], state["pooler.bias"] = fused("pooler", last)
+    target.load_state_dict(state)
+    return target.to(next(model.parameters()).device).train(model.training)
+
+
+def block_parameters(hidden: int, ops: Sequence[str], embeddings: tuple[int, int, int] | None) -> int:
+    """Exact parameters of one deployed block without its input projection (the bridge from the previous
+    block, which depends on both): its embeddings (the first block) and operations; identities are free."""
+    n = SlicedEmbeddings.parameters_at(hidden, *embeddings) if embeddings is not None else 0
+    return n + sum(OPERATIONS[op].parameters_at(hidden) for op in ops if op != IDENTITY)
+
+
+def bridge_parameters(before: int, after: int) -> int:
+    """The deployed map from one block's width to the next's (weight and bias)."""
+    return before * after + after
 
 
 register_student(MODEL_TYPE, NasBertConfig, NasBertModel, NasBertForSequenceClassification)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
@@ -31,6 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from distilnas.distill import nas_bert
 from distilnas.distill.bert import BertShape, bert_config, build_student, check_build
 from distilnas.distill.config import LatencyConfig, StudentConfig
 from distilnas.distill.data import TokenizedSplit
@@ -283,6 +285,13 @@ class StudentKind:
         """How ``distilnas inspect`` names the size of a saved student."""
         return f"{config.num_hidden_layers}L-{config.hidden_size}"
 
+    def deployed(self, model: PreTrainedModel) -> PreTrainedModel:
+        """``model`` as it is timed, put on the front and exported: itself, but for a NAS-BERT student."""
+        return model
+
+    def deploy_folder(self, folder: Path) -> None:
+        """Rewrite the model saved in ``folder`` (an export's copy) in its deployed form."""
+
     def measure(self, folder: Path, tasks: Sequence[str], latency: LatencyConfig) -> dict[str, Any] | None:
         """Parameters and latency of a distilled student (``folder``: its general encoder and task models),
         as deployed (SDPA attention); None when nothing is saved yet."""
@@ -290,7 +299,7 @@ class StudentKind:
         if not (general / "config.json").is_file():
             return None
         source = ModelSource(str(general), str(general), True, True)
-        return timed(load_encoder(source, attention="sdpa"), latency)
+        return timed(self.deployed(load_encoder(source, attention="sdpa")), latency)
 
     def architecture_record(self, record: StudentRecord) -> dict[str, Any]:
         s = record.spec
@@ -529,9 +538,22 @@ class NasBert(StudentKind):
     def saved_size(self, config: PretrainedConfig, folder: Path) -> str:
         return folder.name
 
+    def deployed(self, model: PreTrainedModel) -> PreTrainedModel:
+        """Its deployed form (block widths only; distill/nas_bert.py): exact, and what serving runs."""
+        return nas_bert.deployed(model)  # type: ignore[arg-type]
+
+    def deploy_folder(self, folder: Path) -> None:
+        config = AutoConfig.from_pretrained(folder)
+        if config.form == nas_bert.DEPLOYED:
+            return
+        heads = any("ForSequenceClassification" in a for a in config.architectures or [])
+        model = (AutoModelForSequenceClassification if heads else AutoModel).from_pretrained(folder)
+        self.deployed(model).save_pretrained(folder)
+
     def architecture_record(self, record: StudentRecord) -> dict[str, Any]:
         out = super().architecture_record(record)
-        return {"type": out.pop("type"), "path": (record.spec.nas or {})["path"], **out}
+        path = (record.spec.nas or {})["path"]
+        return {"type": out.pop("type"), "path": path, "form": nas_bert.DEPLOYED, **out}
 
 
 KINDS: dict[str, StudentKind] = {

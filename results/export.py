@@ -1,10 +1,11 @@
 """Exports: each Pareto-front student as a folder named with its figures, e.g. ``3L-384_5.2ms_glue71.3``.
 
-A folder holds, per task, the model (safetensors via save_pretrained; a plain BERT student loads with
-transformers' Auto classes alone) with its tokenizer; the general-distilled ``encoder/``; ``predictions/``,
-the GLUE test-set files of every task (the server's format); and ``student.json``: architecture, mapping,
-origin, every metric, the latency with its device and settings, the seed, the teacher's fingerprints and
-the config hash. Each folder is written atomically; an existing one is never overwritten.
+A folder holds, per task, the model as deployed (safetensors via save_pretrained; a plain BERT student
+loads with transformers' Auto classes alone) with its tokenizer; the general-distilled ``encoder/``;
+``predictions/``, the GLUE test-set files of every task (the server's format); and ``student.json``:
+architecture, mapping, origin, every metric, the latency with its device and settings, the seed, the
+teacher's fingerprints and the config hash. Each folder is written atomically; an existing one is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -105,13 +106,16 @@ def export_students(
             written.append(target)
             continue
         source = sources[r.model]
+        kind = source.result.record.kind  # type: ignore[union-attr]  # a student row has its record
         with atomic_dir(target) as tmp:
             shutil.copytree(
                 source.folder / "general", tmp / "encoder", ignore=shutil.ignore_patterns("general.json")
             )
+            kind.deploy_folder(tmp / "encoder")
             for t in tasks:
                 kill_point("export")
                 shutil.copytree(source.folder / t, tmp / t, ignore=shutil.ignore_patterns("predictions"))
+                kind.deploy_folder(tmp / t)
                 if (source.folder / t / "predictions").is_dir():
                     shutil.copytree(
                         source.folder / t / "predictions", tmp / "predictions", dirs_exist_ok=True

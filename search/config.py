@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from distilnas.distill.config import (
     DataConfig,
     DistillConfig,
     LatencyConfig,
     Strict,
+    StudentShape,
     TaskName,
     TeacherConfig,
     describe,
@@ -108,6 +109,10 @@ class SupernetSearchConfig(Strict):
     generations: int = Field(20, gt=0)
     rescore: int = Field(16, gt=0)
     """Students of the estimated front re-scored end to end with inherited weights."""
+    hand_designed: list[str] = Field(default_factory=list)
+    """Students a person would design, as BERT shapes (``2L-96``: attention and feed-forward layers at
+    one width, cut over the blocks) or paths: shrinking never drops their blocks, the selection evaluates
+    them first and they are always re-scored, so the front holds them unless something beats them."""
 
 
 class JointSearchConfig(Strict):
@@ -155,19 +160,39 @@ class FinalConfig(Strict):
     """The final stage: chosen students fully distilled and scored on these GLUE tasks."""
 
     tasks: list[TaskName] = Field(["mrpc", "rte", "sst2"], min_length=1)
-    students: list[Literal["searched", "uniform", "last", "supernet", "joint"]] = Field(
+    students: list[Literal["searched", "uniform", "last", "random", "supernet", "joint", "hand"]] = Field(
         ["searched", "uniform", "last"], min_length=1
     )
-    """Which students: the mapping search's best, the uniform and last-layers baselines (all shaped as
-    ``distill.student``); ``supernet``: every student on the supernet search's front (run first when
-    it has not finished), distilled from its inherited weights at its block boundaries; ``joint``: students
-    of the joint search's front (run first when it has not finished), each with its searched mapping."""
+    """Which students: the mapping search's best, the uniform and last-layers baselines and random
+    search's best at the search's budget (all shaped as ``distill.student``); ``supernet``: every student
+    on the supernet search's front (run first when it has not finished), distilled from its inherited
+    weights at its block boundaries; ``joint``: students of the joint search's front (run first when it
+    has not finished), each with its searched mapping; ``hand``: the ``hand_designed`` students."""
+    hand_designed: list[StudentShape] = Field(default_factory=list, validate_default=True)
+    """Students a person would design (TinyBERT-style: ``{layers: 2, hidden: 96}``, heads and FFN
+    following the teacher's ratios), each built as ``distill.student`` says but at this shape, with the
+    uniform mapping: the yardstick the searched students are compared with."""
     joint_front: int = Field(4, gt=0)
     """At most this many of the joint search's front, spread over its sizes (the smallest and the largest
     included)."""
     latency: LatencyConfig = LatencyConfig()
     export_front: bool = True
     """Export only the Pareto front (else every final student)."""
+
+    @property
+    def mapping_search(self) -> bool:
+        """Whether a student comes from the mapping search (its best, or random search's)."""
+        return "searched" in self.students or "random" in self.students
+
+    @field_validator("hand_designed")
+    @classmethod
+    def _hand_students(cls, value: list[StudentShape], info: ValidationInfo) -> list[StudentShape]:
+        wanted = "hand" in info.data.get("students", [])
+        if wanted and not value:
+            raise ValueError("list the shapes when final.students has 'hand'")
+        if value and not wanted:
+            raise ValueError("add 'hand' to final.students to distil these students")
+        return value
 
 
 class RayConfig(Strict):

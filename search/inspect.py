@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModel
 from distilnas.distill.config import Strict, StudentConfig, describe
 from distilnas.distill.errors import ConfigError, UserError
 from distilnas.distill.measure import count_flops, count_parameters, measure_latency, retrieval_latency
-from distilnas.distill.nas_bert import NasBertModel
+from distilnas.distill.nas_bert import DEPLOYED, NasBertModel
 from distilnas.distill.students import kind_of_model, student_spec
 from distilnas.distill.teacher import load_pretrained, model_config, resolve
 from distilnas.search.config import parse_config, read_yaml
@@ -90,7 +90,7 @@ def build(spec: StudentFile) -> tuple[torch.nn.Module, str]:
         path = space.parse(spec.nas.path)
     except UserError as exc:
         raise UserError(f"nas.{exc}") from None
-    model = NasBertModel(nas_config(space, path))
+    model = NasBertModel(nas_config(space, path, form=DEPLOYED))
     assert count_parameters(model) == space.params(path)
     return model, f"supernet path {NasSpace.format(path)}"
 
@@ -101,7 +101,7 @@ def load_saved(folder: Path) -> tuple[torch.nn.Module, str]:
         raise UserError(f"{folder}: not a saved student (no config.json)")
     cfg = AutoConfig.from_pretrained(folder)
     kind = kind_of_model(cfg, strict=True)
-    model = load_pretrained(AutoModel, str(folder))
+    model = kind.deployed(load_pretrained(AutoModel, str(folder)))
     return model, f"{kind.label} {kind.saved_size(cfg, folder)} ({folder})"
 
 

@@ -13,13 +13,15 @@ A path is written block by block, ``"256:mha,ffn,conv3,id,id,id|128:..."``.
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from distilnas.distill import nas_bert
 from distilnas.distill.errors import UserError
-from distilnas.distill.nas_bert import IDENTITY, block_parameters
+from distilnas.distill.nas_bert import IDENTITY, block_parameters, bridge_parameters
 from distilnas.spaces.base import ParamChoices
 
 OPERATIONS: tuple[str, ...] = tuple(nas_bert.OPERATIONS)  # mha, ffn, conv3, conv5, conv7
@@ -106,13 +108,16 @@ class NasSpace:
         return (self.vocab_size, self.max_positions, self.type_vocab)
 
     def block_params(self, position: int, block: BlockPath) -> int:
-        """Exact parameters of ``block`` at block ``position`` (0: with the embeddings) when extracted."""
+        """Exact parameters of ``block`` at block ``position`` (0: with the embeddings) as deployed, less
+        the bridge from the block before (it depends on both blocks: :meth:`params` adds it)."""
         emb = self.embeddings if position == 0 else None
-        return block_parameters(block.hidden, block.ops, self.teacher_hidden, emb)
+        return block_parameters(block.hidden, block.ops, emb)
 
     def params(self, path: Sequence[BlockPath]) -> int:
-        """Exact parameters of the extracted student (the encoder; a task head adds its own)."""
-        return sum(self.block_params(i, b) for i, b in enumerate(path))
+        """Exact parameters of the deployed student (the encoder; a task head adds its own): its blocks
+        and the bridges between them (nas_bert's module docstring)."""
+        bridges = sum(bridge_parameters(a.hidden, b.hidden) for a, b in itertools.pairwise(path))
+        return bridges + sum(self.block_params(i, b) for i, b in enumerate(path))
 
     def boundaries(self) -> list[int]:
         """The teacher layer each block's output stands for. Block boundaries must fall between teacher
@@ -145,7 +150,11 @@ class NasSpace:
         return block
 
     def parse(self, text: str) -> list[BlockPath]:
-        """A path from its string; anything not in the space is a clear error."""
+        """A path from its string, or a hand-designed BERT's path from its shape (``2L-96``:
+        :meth:`bert_path`); anything not in the space is a clear error."""
+        shape = re.fullmatch(r"\s*(\d+)L-(\d+)\s*", text)
+        if shape:
+            return self.bert_path(int(shape[1]), int(shape[2]))
         parts = text.strip().split("|")
         if len(parts) != self.blocks:
             raise UserError(f"path {text!r}: {len(parts)} blocks, the space has {self.blocks}")
@@ -157,6 +166,32 @@ class NasSpace:
             block = BlockPath(int(size), tuple(op.strip() for op in ops.split(",")))
             out.append(self.check_block(block, f"path {text!r}, block {i + 1}"))
         return out
+
+    def bert_path(self, layers: int, hidden: int) -> list[BlockPath]:
+        """The hand-designed BERT of ``layers`` layers at width ``hidden`` as a path: its chain of
+        attention and feed-forward layers (no projection inside a block) cut into the space's blocks as
+        evenly as the chain allows, so the search can always reach what a person would design. Its
+        deployed form is that BERT plus a ``hidden`` -> ``hidden`` bridge between blocks (no pooler)."""
+        chain = ("mha", "ffn") * layers
+        where = f"student {layers}L-{hidden}"
+        missing = [op for op in ("mha", "ffn") if op not in self.operations]
+        if missing:
+            raise UserError(f"{where}: the space's operations lack {', '.join(missing)}")
+        if hidden not in self.hidden_sizes:
+            raise UserError(f"{where}: hidden size {hidden} not in the space's {list(self.hidden_sizes)}")
+        if not self.blocks <= len(chain) <= self.layers:
+            raise UserError(
+                f"{where}: its {len(chain)} attention and feed-forward layers do not fill {self.blocks} "
+                f"blocks of at most {self.block_layers} (1..{self.teacher_layers} BERT layers fit)"
+            )
+        base, extra = divmod(len(chain), self.blocks)
+        path, start = [], 0
+        for b in range(self.blocks):
+            n = base + (b < extra)
+            ops = chain[start : start + n] + (IDENTITY,) * (self.block_layers - n)
+            path.append(self.check_block(BlockPath(hidden, ops), where))
+            start += n
+        return path
 
     @staticmethod
     def format(path: Sequence[BlockPath]) -> str:
@@ -252,7 +287,8 @@ class NasSpace:
         return self.count()
 
     def smallest(self) -> list[int]:
-        """Blocks are independent and their parameters add up: each block's smallest one-layer path."""
+        """Each block's smallest one-layer path (at the smallest width, which also makes the smallest
+        bridges between blocks)."""
         out = []
         for position in range(self.blocks):
             blocks = [

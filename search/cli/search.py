@@ -106,7 +106,11 @@ def search_supernet(
 def search_extract(
     run: Annotated[Path, typer.Argument(help="A run folder whose supernet blocks are trained.")],
     path: Annotated[
-        str, typer.Argument(help='A path of the space, block by block: "256:mha,ffn,id,id|128:conv3,...".')
+        str,
+        typer.Argument(
+            help='A path of the space, block by block: "256:mha,ffn,id,id|128:conv3,...", or a '
+            'hand-designed BERT\'s shape, "2L-96" (its attention and feed-forward layers over the blocks).'
+        ),
     ],
     to: Annotated[Path, typer.Option(help="Where to save the student (a new folder).")],
 ) -> None:
@@ -116,7 +120,7 @@ def search_extract(
     setup_logging()
     with stdout_to_stderr():
         out = extract_student(run, path, to)
-    err.print(f"saved {out['path']} ({out['params'] / 1e6:.2f} M parameters) in {to}")
+    err.print(f"saved {out['path']} ({out['params'] / 1e6:.2f} M parameters as deployed) in {to}")
 
 
 @app.command()

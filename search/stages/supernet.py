@@ -7,12 +7,13 @@
 4. Selection: NSGA-II (Optuna's) over whole students, one surviving candidate per block, on (summed
    block losses, parameters, predicted latency): each evaluated student is a trial of study
    ``<prefix>-supernet``. NAS-BERT combines block candidates the same way, by summed losses.
-5. Re-scoring: the estimated front's students (at most ``rescore``, spread over their sizes) are
-   extracted with the supernet's weights and scored end to end on the held-out batches (each block
-   boundary against the teacher's); each is a trial of ``<prefix>-supernet-inherited``, and its latency
-   is measured beside the prediction.
-6. The front over (inherited loss, parameters, latency) is saved as standalone students
-   (``students/<name>``, transformers folders with the tokenizer).
+5. Re-scoring: the estimated front's students (at most ``rescore``, spread over their sizes) and the
+   hand-designed ones (``hand_designed``: their blocks survive shrinking, the selection evaluates them
+   first, so the search can always find what a person would design) are extracted with the supernet's
+   weights and scored end to end on the held-out batches (each block boundary against the teacher's);
+   each is a trial of ``<prefix>-supernet-inherited``, and its latency is measured beside the prediction.
+6. The front over (inherited loss, parameters, latency of the deployed form) is saved as standalone
+   students (``students/<name>``, transformers folders with the tokenizer).
 
 Stage folder ``output_dir/search-supernet``: config.json, proxy.json, latency.json, blocks/block<n>/,
 students/, results.json.
@@ -36,10 +37,11 @@ from safetensors.torch import load_file
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.measure import count_parameters, device_name, timed
-from distilnas.distill.nas_bert import NasBertModel
+from distilnas.distill.nas_bert import DEPLOYED, NasBertModel, deployed
 from distilnas.distill.teacher import load_tokenizer, model_config, resolve
 from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint
 from distilnas.proxies.block_proxy import BlockProxy, prepare_block_proxy
+from distilnas.proxies.latency import FORM as LATENCY_FORM
 from distilnas.proxies.latency import LatencyTable, mape, measure_table
 from distilnas.results.pareto import non_dominated_sort
 from distilnas.search.config import RunConfig
@@ -84,10 +86,22 @@ def space_summary(space: NasSpace) -> dict[str, Any]:
     }
 
 
+def hand_paths(cfg: RunConfig, space: NasSpace) -> list[str]:
+    """``search.supernet.hand_designed`` as paths of the space (formatted)."""
+    out = []
+    for i, text in enumerate(cfg.search.supernet.hand_designed):
+        try:
+            out.append(NasSpace.format(space.parse(text)))
+        except UserError as exc:
+            raise UserError(f"search.supernet.hand_designed[{i}]: {exc}") from None
+    return out
+
+
 def checked_space(cfg: RunConfig) -> NasSpace:
     """The space, once everything the search needs from the config is known to be right."""
     space = nas_space(cfg)
     space.boundaries()  # block ends must fall between teacher layers
+    hand_paths(cfg, space)
     if cfg.data.corpus is None:
         raise UserError("data.corpus: the supernet's blocks train on a corpus")
     return space
@@ -97,7 +111,7 @@ def latency_table(cfg: RunConfig, space: NasSpace, folder: Path) -> LatencyTable
     """The table for the final stage's latency setting, measured once per setting and space."""
     lat = cfg.final.latency
     device = device_name(default_device())
-    key = fingerprint(lat.model_dump(mode="json"), device, asdict(space))
+    key = fingerprint(lat.model_dump(mode="json"), device, asdict(space), LATENCY_FORM)
     record = folder / "latency.json"
     if record.is_file():
         data = json.loads(record.read_text())
@@ -157,11 +171,16 @@ def select(
     run: RunFolder,
     storage: optuna.storages.BaseStorage,
     candidates: list[list[dict[str, Any]]],
+    space: NasSpace,
+    table: LatencyTable,
+    hand: list[str],
 ) -> optuna.Study:
     """NSGA-II (Optuna's) over one candidate per block on (summed block losses, parameters, predicted
-    latency): Optuna's sampler drives this study (ask and tell through ``optimize``).
+    latency), the last two of the whole deployed student (the bridges between blocks depend on both
+    neighbours): Optuna's sampler drives this study (ask and tell through ``optimize``).
 
-    Runs ``population x generations`` trials in total; a rerun continues up to that count."""
+    Runs ``population x generations`` trials in total, the ``hand`` paths first; a rerun continues up
+    to that count."""
     sn = cfg.search.supernet
     study = Recorder(
         storage,
@@ -177,14 +196,15 @@ def select(
             by_path[b][trial.suggest_categorical(f"block{b + 1}", sorted(by_path[b]))]
             for b in range(len(by_path))
         ]
-        trial.set_user_attr("path", "|".join(c["path"] for c in chosen))
-        return (
-            sum(c["loss"] for c in chosen),
-            float(sum(c["params"] for c in chosen)),
-            sum(c["latency_ms"] for c in chosen),
-        )
+        text = "|".join(c["path"] for c in chosen)
+        trial.set_user_attr("path", text)
+        path = space.parse(text)
+        return sum(c["loss"] for c in chosen), float(space.params(path)), table.predict(path)
 
     todo = sn.population * sn.generations - len(study.trials)
+    if not study.trials:  # a person's designs are evaluated whatever the sampler proposes
+        for path in hand:
+            study.enqueue_trial({f"block{b + 1}": str(block) for b, block in enumerate(space.parse(path))})
     if todo > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=todo, show_progress_bar=True)
@@ -252,20 +272,21 @@ def rescore(
 ) -> list[dict[str, Any]]:
     """Inherited-weight scores and measured latency of the chosen students (trials of
     ``<prefix>-supernet-inherited``; ones the storage holds are not scored again)."""
-    known = {t.user_attrs["path"]: t.user_attrs for t in recorder.complete()}
+    known = {t.user_attrs["path"]: json.loads(t.user_attrs["record"]) for t in recorder.complete()}
     out = []
     for entry in estimated:
-        if entry["path"] in known:
-            out.append(json.loads(known[entry["path"]]["record"]))
+        if known.get(entry["path"], {}).get("form") == DEPLOYED:  # figures of the form measured now
+            out.append(known[entry["path"]])
             continue
         path = space.parse(entry["path"])
         start = time.perf_counter()
         model = extract(space, path, weights)
         loss = scorer(model)
         seconds = time.perf_counter() - start
-        measured = timed(model, cfg.final.latency)  # as the final stage times students
+        measured = timed(deployed(model), cfg.final.latency)  # as the final stage times students
         record = {
             **entry,
+            "form": DEPLOYED,
             "inherited_loss": loss,
             "params": measured["params"],
             "predicted_ms": table.predict(path),
@@ -340,16 +361,18 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
     ray.shutdown()  # the rest runs here; students are timed without Ray's processes beside them
 
     start = time.perf_counter()
-    study = select(cfg, run, storage, [b["candidates"] for b in ordered])
-    estimated = {}
-    for t in study.best_trials:
-        estimated[t.user_attrs["path"]] = {
-            "path": t.user_attrs["path"],
-            "estimated_loss": t.values[0],
-            "params": int(t.values[1]),
-            "predicted_ms": t.values[2],
-        }
+    hand = hand_paths(cfg, space)
+    study = select(cfg, run, storage, [b["candidates"] for b in ordered], space, table, hand)
+
+    def estimate(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        path = t.user_attrs["path"]
+        entry = {"path": path, "estimated_loss": t.values[0], "params": int(t.values[1])}
+        return entry | {"predicted_ms": t.values[2]} | ({"hand_designed": True} if path in hand else {})
+
+    estimated = {t.user_attrs["path"]: estimate(t) for t in study.best_trials}
     chosen = spread(list(estimated.values()), sn.rescore, "params")
+    done = {t.user_attrs["path"]: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    chosen += [estimate(done[p]) for p in hand if p not in {c["path"] for c in chosen}]  # always scored
     selection_seconds = time.perf_counter() - start
 
     weights = supernet_weights(folder / "blocks", space.blocks)
@@ -422,4 +445,4 @@ def extract_student(run_dir: Path, path_text: str, to: Path) -> dict[str, Any]:
     with atomic_dir(to) as tmp:
         model.save_pretrained(tmp)
         load_tokenizer(resolve(cfg.teacher.name)).save_pretrained(tmp)
-    return {"path": NasSpace.format(path), "params": count_parameters(model)}
+    return {"path": NasSpace.format(path), "params": count_parameters(deployed(model))}  # as deployed

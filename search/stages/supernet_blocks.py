@@ -121,6 +121,9 @@ class BlockTrainer:
         boundaries = [0, *self.space.boundaries()]
         self.t_in, self.t_out = boundaries[position], boundaries[position + 1]
         self.count = self.space.block_count()
+        # the hand-designed students' blocks: trained and kept beside the bins, never dropped
+        hand = work.settings.hand_designed
+        self.pinned = {self.space.block_index(self.space.parse(p)[position]) for p in hand}
         self.universe = (
             np.arange(self.count)
             if self.count <= ENUMERATE_AT_MOST
@@ -228,7 +231,7 @@ class BlockTrainer:
         while bins is None or not bins.settled(s.keep_per_bin):
             epoch = state["epoch"]
             rng = random.Random(f"{self.proxy.seed}/{self.position}/{epoch}")
-            choices = bins.members() if bins else None
+            choices = sorted(set(bins.members()) | self.pinned) if bins else None
             sampler.set_epoch(epoch)
             start, losses = time.perf_counter(), []
             bar = tqdm(sampler, desc=f"block {self.position + 1} epoch {epoch + 1}", unit="step")
@@ -265,7 +268,7 @@ class BlockTrainer:
     def finish(self, block: NasBlock, bins: Bins, state: dict[str, Any]) -> dict[str, Any]:
         """Score the survivors with the final weights; keep the weights and the candidates."""
         t0 = time.perf_counter()
-        members = bins.members()
+        members = sorted(set(bins.members()) | self.pinned)
         scores = self.score(block, members)
         per_path = (time.perf_counter() - t0) / max(len(members), 1)
         candidates = [
@@ -275,7 +278,8 @@ class BlockTrainer:
                 "loss": scores[i],
                 "params": int(self.params_of(i)),
                 "latency_ms": float(self.latency_of(i)),
-                "bins": sorted(name for name, pool in bins.pools.items() if i in pool),
+                "bins": sorted(name for name, pool in bins.pools.items() if i in pool)
+                + (["hand-designed"] if i in self.pinned else []),
             }
             for i in members
         ]

@@ -32,9 +32,10 @@ def write_config(tmp: Path, corpus_dir: Path, glue_dir: Path | None = None, **su
         "paths_per_bin": 8,
         "keep_per_bin": 2,
         "score_batches": 2,
-        "population": 6,
-        "generations": 3,
+        "population": 8,
+        "generations": 4,
         "rescore": 6,
+        "hand_designed": ["1L-32"],
         **supernet,
     }
     cfg = tmp / "supernet.yaml"
@@ -70,7 +71,14 @@ def test_supernet_search_end_to_end(searched: tuple[Path, dict]) -> None:
     assert out["space"]["paths_per_block"] == 2 * (3 + 9 + 27 + 81)
     assert [b["block"] for b in out["blocks"]] == [1, 2] and all(b["epochs"] == 3 for b in out["blocks"])
     students = out["students"]
-    assert 1 <= len(students) <= 6 and out["front"]
+    assert 1 <= len(students) <= 6 + 1 and out["front"]  # the front, spread, and the hand-designed one
+    # the hand-designed 1L-32 (attention, then feed-forward) survived shrinking, was selected first and
+    # was re-scored beside the front
+    hand = "32:mha,id,id,id|32:ffn,id,id,id"
+    for b, block in enumerate(hand.split("|"), start=1):
+        candidates = json.loads((folder / "blocks" / f"block{b}" / "result.json").read_text())["candidates"]
+        assert "hand-designed" in next(c for c in candidates if c["path"] == block)["bins"]
+    assert [s for s in students if s.get("hand_designed")] == [next(s for s in students if s["path"] == hand)]
     for s in students:
         assert s["inherited_loss"] > 0 and s["predicted_ms"] > 0 and s["measured_ms"] > 0
     front = [s for s in students if s["front"]]
@@ -86,7 +94,8 @@ def test_supernet_search_end_to_end(searched: tuple[Path, dict]) -> None:
     blocks = optuna.load_study(study_name="distilnas-supernet-blocks", storage=storage).get_trials()
     selection = optuna.load_study(study_name="distilnas-supernet", storage=storage).get_trials()
     inherited = optuna.load_study(study_name="distilnas-supernet-inherited", storage=storage).get_trials()
-    assert len(blocks) == 2 and len(selection) == 6 * 3 and len(inherited) == len(students)
+    assert len(blocks) == 2 and len(selection) == 8 * 4 and len(inherited) == len(students)
+    assert selection[0].user_attrs["path"] == hand
     assert {t.user_attrs["path"] for t in inherited} == {s["path"] for s in students}
     # the front's students are standalone transformers folders with the supernet's weights
     from transformers import AutoModel
@@ -109,7 +118,7 @@ def test_supernet_search_resumes_without_retraining(searched: tuple[Path, dict],
     assert again["front"] == out["front"] and again["blocks"] == out["blocks"]
     storage = open_storage(None, cfg.parent / "out")
     assert len(optuna.load_study(study_name="distilnas-supernet-blocks", storage=storage).get_trials()) == 2
-    assert len(optuna.load_study(study_name="distilnas-supernet", storage=storage).get_trials()) == 18
+    assert len(optuna.load_study(study_name="distilnas-supernet", storage=storage).get_trials()) == 8 * 4
     # without --resume the run folder is refused
     proc = cli("search", "supernet", cfg)  # refused before any work: in this process
     assert proc.returncode == 2 and "--resume" in proc.stderr
@@ -123,12 +132,15 @@ def test_extract_any_path(searched: tuple[Path, dict], tmp_path: Path, cli: Cli)
     from transformers import AutoModel
 
     from distilnas.distill.measure import count_parameters
+    from distilnas.distill.nas_bert import deployed
     from distilnas.search.config import load_config
     from distilnas.search.stages.supernet import nas_space
 
     space = nas_space(load_config(cfg))
-    model = AutoModel.from_pretrained(tmp_path / "s")
-    assert count_parameters(model) == space.params(space.parse("64:mha,conv3,id,id|32:ffn,id,id,id"))
+    model = AutoModel.from_pretrained(tmp_path / "s")  # the distillation form: it is distilled from here
+    assert model.config.form == "distillation"
+    params = space.params(space.parse("64:mha,conv3,id,id|32:ffn,id,id,id"))
+    assert count_parameters(deployed(model)) == params < count_parameters(model)
     bad = cli("search", "extract", runs, "64:mha,id,conv3,id|32:ffn,id,id,id", "--to", tmp_path / "t")
     assert bad.returncode == 2 and "identity only ends a block" in bad.stderr
     assert not (tmp_path / "t").exists()
@@ -210,6 +222,8 @@ def test_run_distils_the_supernet_front_in_the_final_stage(searched: tuple[Path,
     for folder in map(Path, result["exports"]):
         record = json.loads((folder / "student.json").read_text())
         assert record["architecture"]["type"] == "nas-bert"
+        assert record["architecture"]["form"] == "deployed"  # what is timed, put on the front and shipped
         assert record["architecture"]["path"] == by_params[record["params"]]
         model = AutoModelForSequenceClassification.from_pretrained(folder / "rte")
         assert model.config.model_type == "nas-bert" and model.config.num_labels == 2
+        assert model.config.form == "deployed" and model.nas_bert.blocks[-1].out is None

@@ -18,6 +18,7 @@ from distilnas.distill.nas_bert import (
     NasBertModel,
     NasBlock,
     SeparableConv5,
+    deployed,
 )
 from distilnas.spaces.nas_space import NasSpace
 from distilnas.spaces.supernet import extract, principal_directions, supernet_block
@@ -41,11 +42,16 @@ def test_parameter_formulas_by_hand() -> None:
     assert FeedForward.parameters_at(64) == 64 * 256 + 256 + 256 * 64 + 64 + 2 * 64
     assert SeparableConv5.parameters_at(64) == 5 * 64 + 64 + 64 * 64 + 64 + 2 * 64
     path = SPACE.parse("32:ffn,id,id,id|64:mha,conv5,id,id")
-    first = (500 + 40 + 2) * 32 + 2 * 32 + FeedForward.parameters_at(32) + 32 * 96 + 96
-    second = (
-        96 * 64 + 64 + MultiHeadAttention.parameters_at(64) + SeparableConv5.parameters_at(64) + 64 * 96 + 96
-    )
-    assert SPACE.params(path) == first + second
+    # deployed: the embeddings and operations, and one 32 -> 64 bridge; nothing at the teacher's width (96)
+    first = (500 + 40 + 2) * 32 + 2 * 32 + FeedForward.parameters_at(32)
+    bridge = 32 * 64 + 64
+    second = MultiHeadAttention.parameters_at(64) + SeparableConv5.parameters_at(64)
+    assert SPACE.params(path) == first + bridge + second
+    # the distillation form has each block's projections from and to the teacher's width instead
+    extracted = extract(SPACE, path, [supernet_block(SPACE, i).state_dict() for i in range(2)])
+    projections = (32 * 96 + 96) + (96 * 64 + 64) + (64 * 96 + 96)
+    assert count_parameters(extracted) == first + second + projections
+    assert count_parameters(deployed(extracted)) == SPACE.params(path)
 
 
 def test_extracted_students_have_the_predicted_size_and_the_supernets_outputs() -> None:
@@ -58,7 +64,7 @@ def test_extracted_students_have_the_predicted_size_and_the_supernets_outputs() 
     for _ in range(25):
         path = SPACE.sample_path(rng)
         student = extract(SPACE, path, states)
-        assert count_parameters(student) == SPACE.params(path)
+        assert count_parameters(deployed(student)) == SPACE.params(path)
         x: torch.Tensor = ids
         expected = []
         with torch.no_grad():
@@ -155,3 +161,70 @@ def test_a_nas_student_refuses_losses_it_cannot_serve(tiny_teacher) -> None:  # 
     settings = DistillSettings(losses={"hidden_mse": 1.0, "attention_mse": 1.0})
     with pytest.raises(UserError, match="not \\['attention_mse'\\]"):
         Distiller(student, LiveTeacher(tiny_teacher), [(1, 2), (2, 4)], settings)
+
+
+def test_the_deployed_student_computes_what_the_distilled_one_does(tmp_path: Path) -> None:
+    """Fusing each block's output projection with the next one's input projection (and the last with the
+    pooler) changes no logit beyond fp32 rounding; block states are the distilled ones before their
+    projection; the deployed form round-trips through save_pretrained and the Auto classes."""
+    path = SPACE.parse("64:mha,ffn,conv3,id|32:conv7,ffn,id,id")
+    encoder = extract(SPACE, path, [b.state_dict() for b in trained_like_blocks(SPACE)])
+    encoder.save_pretrained(tmp_path / "distilled")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "distilled", num_labels=3).eval()
+    with torch.no_grad():
+        for p in (model.pooler.weight, model.pooler.bias, model.classifier.weight):
+            p.normal_(0, 0.2)
+    fused = deployed(model)
+    assert fused.config.form == "deployed" and model.config.form == "distillation"
+    assert count_parameters(fused.nas_bert) == SPACE.params(path) < count_parameters(model.nas_bert)
+    ids = torch.randint(0, 500, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = model(ids, mask, output_hidden_states=True)
+        got = fused(ids, mask, output_hidden_states=True)
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-5)
+        for b, block in enumerate(model.nas_bert.blocks, start=1):
+            assert got.hidden_states[b].shape[-1] == path[b - 1].hidden
+            torch.testing.assert_close(
+                block.out(got.hidden_states[b]), want.hidden_states[b], atol=1e-5, rtol=0
+            )
+        fused.save_pretrained(tmp_path / "deployed")
+        loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "deployed").eval()
+        assert type(loaded) is NasBertForSequenceClassification and loaded.config.form == "deployed"
+        assert torch.equal(loaded(ids, mask).logits, got.logits)
+        encoder_only = AutoModel.from_pretrained(tmp_path / "deployed")
+        assert type(encoder_only) is NasBertModel and encoder_only.blocks[1].out is None
+    assert deployed(fused) is fused  # already deployed
+
+
+def test_a_hand_designed_bert_is_a_path_of_the_space() -> None:
+    """A TinyBERT-style student (attention then feed-forward, one width) is found in the space, cut over
+    the blocks, and its extracted deployed form has the plain BERT's parameters plus one bridge."""
+    from transformers import BertConfig, BertModel
+
+    from distilnas.distill.errors import UserError
+
+    for layers, hidden in ((2, 64), (3, 96), (1, 32)):
+        path = SPACE.parse(f"{layers}L-{hidden}")
+        assert path == SPACE.bert_path(layers, hidden)
+        chain = [op for block in path for op in block.ops if op != "id"]
+        assert chain == ["mha", "ffn"] * layers and {b.hidden for b in path} == {hidden}
+        plain = BertModel(
+            BertConfig(
+                vocab_size=500, max_position_embeddings=40, type_vocab_size=2, hidden_size=hidden,
+                num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                intermediate_size=4 * hidden,
+            ),
+            add_pooling_layer=False,
+        )  # fmt: skip
+        bridge = hidden * hidden + hidden  # between the two blocks, at the one width
+        assert SPACE.params(path) == count_parameters(plain) + bridge
+        student = extract(SPACE, path, [b.state_dict() for b in trained_like_blocks(SPACE)])
+        assert count_parameters(deployed(student)) == SPACE.params(path)
+    assert NasSpace.format(SPACE.parse("3L-96")) == "96:mha,ffn,mha,id|96:ffn,mha,ffn,id"
+    for bad, why in (("5L-64", "do not fill 2 blocks"), ("2L-48", "hidden size 48 not in")):
+        with pytest.raises(UserError, match=why):
+            SPACE.parse(bad)
+    with pytest.raises(UserError, match="lack mha"):
+        NasSpace(4, 96, 2, (32,), operations=("ffn", "conv3")).bert_path(2, 32)
