@@ -89,7 +89,7 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = Non
     log.info("stage 1/4: teachers")
     fine_tuned(cfg, [*cfg.proxy.tasks, *cfg.final.tasks])
     search = None
-    if "searched" in cfg.final.students:
+    if cfg.final.mapping_search:
         log.info("stage 2/4: layer-mapping search")
         search = search_stage(cfg, run.mapping, run_mapping_search, address)
     if "joint" in cfg.final.students:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from transformers import PretrainedConfig
 
+from distilnas.distill.config import StudentShape
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.glue import get_task, load_split, task_folder
@@ -69,6 +70,18 @@ def student(cfg: RunConfig, tcfg: PretrainedConfig) -> StudentSpec:
     except UserError as exc:
         raise UserError(f"distill.student: {exc}") from None
     return spec
+
+
+def hand_student(cfg: RunConfig, tcfg: PretrainedConfig, shape: StudentShape, where: str) -> None:
+    """A hand-designed student: ``distill.student`` at ``shape``, able to start as its ``init`` says."""
+    config = cfg.distill.student.model_copy(update=shape.model_dump())
+    try:
+        spec = student_spec(config, tcfg)
+        if spec.layers > int(tcfg.num_hidden_layers):
+            raise UserError(f"{spec.layers} layers, more than the teacher's {tcfg.num_hidden_layers}")
+        spec.kind.check_start(spec, tcfg, config.init)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def configured_mapping(cfg: RunConfig, tcfg: PretrainedConfig) -> LayerMapping:
@@ -364,8 +377,10 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     caches += task_caches(cfg, cfg.final.tasks, cfg.distill.train_limit, spec)
     if "joint" in cfg.final.students:
         joint_budgets(cfg, tcfg)
-    if "searched" in cfg.final.students or "joint" in cfg.final.students:
-        if "searched" in cfg.final.students:
+    for i, shape in enumerate(cfg.final.hand_designed):
+        hand_student(cfg, tcfg, shape, f"final.hand_designed[{i}]")
+    if cfg.final.mapping_search or "joint" in cfg.final.students:
+        if cfg.final.mapping_search:
             mapping_space(cfg, tcfg)
         splits(cfg, "proxy.tasks", cfg.proxy.tasks)
         if not (run.mapping.finished and run.joint.finished):

@@ -46,24 +46,32 @@ from distilnas.spaces.mapping import LayerMapping
 log = logging.getLogger(__name__)
 
 
+def searched_mapping(kind: str, mapping_results: dict[str, Any] | None) -> str:
+    """The mapping search's best (``searched``) or random search's best at the same budget (``random``;
+    an exhaustive search evaluated every mapping, so random search at its budget finds the same best)."""
+    results = mapping_results or {}
+    best = results.get("random", results)["best"] if kind == "random" else results.get("best")
+    if not best:
+        raise UserError(f"final.students: '{kind}' needs a finished mapping search")
+    return str(best["mapping"])
+
+
 def chosen_students(
     cfg: RunConfig, run: RunFolder, mapping_results: dict[str, Any] | None
 ) -> list[StudentRecord]:
-    """The searched mapping, then the uniform and last-layers baselines (as configured), then the
-    supernet search's front; a mapping chosen twice is one student with both origins."""
+    """The searched mapping, then the uniform, last-layers and random-search baselines (as configured),
+    then the hand-designed students and the joint and supernet searches' fronts; a mapping chosen twice
+    is one student with both origins."""
     tcfg = model_config(resolve(cfg.teacher.name))
     n = int(tcfg.num_hidden_layers)
     s = cfg.distill.student
     spec = student_spec(s, tcfg)
     wanted: list[tuple[str, LayerMapping]] = []  # (origin, mapping)
     for kind in cfg.final.students:
-        if kind in ("supernet", "joint"):
+        if kind in ("supernet", "joint", "hand"):
             continue  # added after the mapping students, below
-        if kind == "searched":
-            best = (mapping_results or {}).get("best")
-            if not best:
-                raise UserError("final.students: 'searched' needs a finished mapping search")
-            wanted.append((kind, LayerMapping.from_string(best["mapping"], n)))
+        if kind in ("searched", "random"):
+            wanted.append((kind, LayerMapping.from_string(searched_mapping(kind, mapping_results), n)))
         elif kind == "uniform":
             wanted.append((kind, LayerMapping.uniform(s.layers, n)))
         elif kind == "last":
@@ -75,9 +83,21 @@ def chosen_students(
             students[key].origin.append(origin)
             continue
         students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
+    hand = hand_students(cfg, tcfg) if "hand" in cfg.final.students else []
     nas = supernet_students(cfg, run, n) if "supernet" in cfg.final.students else []
     joint = joint_students(cfg, run, tcfg) if "joint" in cfg.final.students else []
-    return [*students.values(), *joint, *nas]
+    return [*students.values(), *hand, *joint, *nas]
+
+
+def hand_students(cfg: RunConfig, tcfg: PretrainedConfig) -> list[StudentRecord]:
+    """``final.hand_designed``: each shape built as ``distill.student`` says, with the uniform mapping."""
+    out = []
+    for shape in cfg.final.hand_designed:
+        config = cfg.distill.student.model_copy(update=shape.model_dump())
+        spec = student_spec(config, tcfg)
+        mapping = LayerMapping.uniform(spec.layers, int(tcfg.num_hidden_layers))
+        out.append(StudentRecord(f"{spec.name}_hand", spec, config.init, str(mapping), ["hand"]))
+    return out
 
 
 def spread(items: list[Any], k: int) -> list[Any]:

@@ -299,6 +299,32 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda w: ["search", "supernet", w.config_with("sb.yaml", search__supernet={"blocks": 3})],
         "search.supernet.blocks: 3 does not divide the 4 layers",
     ),
+    "a hand-designed supernet student the space lacks": (
+        lambda w: [
+            "search",
+            "supernet",
+            w.config_with(
+                "sx.yaml",
+                search__supernet={"blocks": 2, "hidden_sizes": [16, 32], "hand_designed": ["3L-16"]},
+            ),
+        ],
+        "search.supernet.hand_designed[0]: student 3L-16: its 6 attention and feed-forward layers do not fill",
+    ),
+    "hand students without shapes": (
+        lambda w: ["run", w.config_with("hs.yaml", final__students=["uniform", "hand"])],
+        "final.hand_designed: list the shapes when final.students has 'hand'",
+    ),
+    "a hand-designed student deeper than the teacher": (
+        lambda w: [
+            "run",
+            w.config_with(
+                "hd.yaml",
+                final__students=["uniform", "hand"],
+                final__hand_designed=[{"layers": 1}, {"layers": 3}],
+            ),
+        ],
+        "final.hand_designed[1]: 3 layers, more than the teacher's 2",
+    ),
     "a task without a training split": (
         lambda w: ["run", w.config_with("ax.yaml", final__tasks=["ax"])],
         "final.tasks[0]: ax has no training split",

@@ -95,3 +95,41 @@ def test_joint_students_come_from_the_front_of_this_configs_search(tmp_path: Pat
     other = parse_config({**cfg.model_dump(mode="json"), "seed": 5})
     with pytest.raises(UserError, match="search-joint was made with seed=0; this config has 5"):
         chosen_students(other, run, None)
+
+
+def test_hand_designed_and_random_search_students(tmp_path: Path) -> None:
+    """``hand`` builds each shape as ``distill.student`` says, uniform-mapped; ``random`` is random search's
+    best (the searched one when the search was exhaustive); a mapping chosen twice is one student."""
+    teacher = save_tiny_bert(tmp_path / "teacher", layers=4)  # hidden 32, 2 heads, FFN 64
+    cfg = parse_config(
+        {
+            "teacher": {"name": str(teacher)},
+            "distill": {"student": {"layers": 2, "init": "extract"}},
+            "final": {
+                "students": ["searched", "uniform", "random", "hand"],
+                "hand_designed": [{"layers": 1, "hidden": 16}, {"layers": 3, "heads": 1}],
+            },
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    run = RunFolder.of(cfg)
+    with pytest.raises(UserError, match="'searched' needs a finished mapping search"):
+        chosen_students(cfg, run, None)
+    ga = {"best": {"mapping": "3,4/4"}, "random": {"best": {"mapping": "1,3/4"}}}
+    chosen = chosen_students(cfg, run, ga)
+    names = ["2L-32_searched", "2L-32_uniform", "2L-32_random", "1L-16_hand", "3L-32_hand"]
+    assert [s.name for s in chosen] == names
+    assert [s.mapping for s in chosen] == [
+        "3,4/4",
+        "2,4/4",
+        "1,3/4",
+        "4/4",
+        "1,2,4/4",
+    ]  # g(m) = floor(m N / M)
+    one, three = chosen[3], chosen[4]
+    assert (one.spec.layers, one.spec.hidden, one.spec.heads, one.spec.intermediate) == (1, 16, 1, 32)
+    assert (three.spec.hidden, three.spec.heads, three.init, three.origin) == (32, 1, "extract", ["hand"])
+    # an exhaustive search has no random lane: random search at its budget finds the same best
+    exhaustive = {"best": {"mapping": "2,4/4"}}
+    chosen = chosen_students(cfg, run, exhaustive)
+    assert chosen[0].origin == ["searched", "uniform", "random"] and len(chosen) == 3
