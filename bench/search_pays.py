@@ -26,20 +26,15 @@ import json
 import logging
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from distilnas.results.compare import front_hypervolume, matched, mean_std, paired
+from distilnas.results.compare import compare_runs
 from distilnas.search.config import load_config
 from distilnas.search.pipeline import run_pipeline
-
-BASELINES = ("uniform", "last", "random")
-FRONTS = ("supernet", "joint")
-HAND = ("hand", "uniform")  # a uniform-mapped student at a chosen shape is what a person would build
 
 
 def one_seed(config: Path, seed: int) -> tuple[dict[str, Any], float]:
@@ -50,81 +45,6 @@ def one_seed(config: Path, seed: int) -> tuple[dict[str, Any], float]:
     with contextlib.redirect_stdout(sys.stderr):  # Ray Tune prints its banner: keep stdout for the table
         result = run_pipeline(cfg, resume=(cfg.output_dir / "config.json").is_file())
     return result, time.perf_counter() - start
-
-
-def origins(row: dict[str, Any]) -> set[str]:
-    return set(str(row["origin"]).split("+"))
-
-
-def of(rows: list[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
-    return [r for r in rows if origin in origins(r)]
-
-
-def compare(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Every paired comparison and hypervolume of the seeds' result tables (rows as ``distilnas run``
-    returns them)."""
-    seeds = sorted(runs)
-    students = {s: [r for r in runs[s] if r["kind"] == "student"] for s in seeds}
-    teacher = {s: next(r for r in runs[s] if r["kind"] == "teacher") for s in seeds}
-    out: dict[str, Any] = {"seeds": seeds, "mapping": {}, "fronts": {}, "hypervolume": {}, "students": {}}
-
-    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in seeds:
-        for r in students[s]:
-            by_name[r["model"]].append(r)
-    for name, rows in by_name.items():
-        glue = [r["glue"] for r in rows]
-        mean, std = mean_std(glue)
-        out["students"][name] = {
-            "origin": rows[0]["origin"],
-            "seeds": len(rows),
-            "glue_mean": mean,
-            "glue_std": std,
-            "glue": glue,
-            "params": rows[0]["params"],
-            "latency_ms": mean_std([r["latency_ms"] for r in rows])[0],
-        }
-
-    searched = {s: of(students[s], "searched") for s in seeds}
-    if all(searched.values()):
-        for base in BASELINES:
-            pairs = [
-                (searched[s][0]["glue"], of(students[s], base)[0]["glue"])
-                for s in seeds
-                if of(students[s], base)
-            ]
-            if len(pairs) == len(seeds):
-                out["mapping"][base] = paired(*zip(*pairs, strict=True)).to_json()
-
-    hand_names = sorted({r["model"] for s in seeds for h in HAND for r in of(students[s], h)})
-    for front in FRONTS:
-        if not all(of(students[s], front) for s in seeds):
-            continue
-        found: dict[str, Any] = {}
-        for name in hand_names:
-            for by in ("latency_ms", "params"):
-                a, b, picks = [], [], []
-                for s in seeds:
-                    hand = next((r for r in students[s] if r["model"] == name), None)
-                    pick = matched(of(students[s], front), hand, by) if hand else None
-                    if hand and pick:
-                        a.append(pick["glue"])
-                        b.append(hand["glue"])
-                        picks.append(pick["model"])
-                if a:
-                    found[f"{name}@{by}"] = {**paired(a, b).to_json(), "matched": picks}
-        out["fronts"][front] = found
-
-    groups = {"hand-designed": HAND, "mapping": ("searched", *BASELINES), **{f: (f,) for f in FRONTS}}
-    for group, members in groups.items():
-        values = [
-            front_hypervolume([r for r in students[s] if origins(r) & set(members)], teacher[s])
-            for s in seeds
-        ]
-        if any(values):
-            mean, std = mean_std(values)
-            out["hypervolume"][group] = {"mean": mean, "std": std, "per_seed": values}
-    return out
 
 
 def interval(p: dict[str, Any]) -> str:
@@ -140,25 +60,24 @@ def show(summary: dict[str, Any], runs: dict[int, list[dict[str, Any]]], walls: 
         "model", "kind", "origin", "mapping", "shape", "params", "latency_ms", "speedup", "glue", "pareto",
     }]  # fmt: skip
     table = Table(title=f"every student, every seed (GLUE dev; {', '.join(tasks)})")
-    for col in ("seed", "student", "origin", "params", "latency", *tasks, "GLUE avg"):
+    for col in ("seed", "student", "origin", "shape", "params", "latency", *tasks, "GLUE avg"):
         table.add_column(col)
     for s in seeds:
         for r in runs[s]:
             table.add_row(
-                str(s), r["model"], r["origin"], f"{r['params'] / 1e6:.2f} M", f"{r['latency_ms']:.2f} ms",
-                *[f"{r[t]:.2f}" for t in tasks], f"{r['glue']:.2f}",
+                str(s), r["model"], r["origin"], r["shape"], f"{r['params'] / 1e6:.2f} M",
+                f"{r['latency_ms']:.2f} ms", *[f"{r[t]:.2f}" for t in tasks], f"{r['glue']:.2f}",
             )  # fmt: skip
     console.print(table)
 
     table = Table(title="students in every seed: GLUE average, mean ± std")
-    for col in ("student", "origin", "params", "latency", "GLUE avg", "per seed"):
+    for col in ("student", "origin", "params", "latency (median)", "GLUE avg", "per seed"):
         table.add_column(col)
     for name, st in summary["students"].items():
-        if st["seeds"] == len(seeds):
-            table.add_row(
-                name, st["origin"], f"{st['params'] / 1e6:.2f} M", f"{st['latency_ms']:.2f} ms",
-                f"{st['glue_mean']:.2f} ± {st['glue_std']:.2f}", " ".join(f"{g:.2f}" for g in st["glue"]),
-            )  # fmt: skip
+        table.add_row(
+            name, st["origin"], f"{st['params'] / 1e6:.2f} M", f"{st['latency_ms']:.2f} ms",
+            f"{st['glue_mean']:.2f} ± {st['glue_std']:.2f}", " ".join(f"{g:.2f}" for g in st["glue"]),
+        )  # fmt: skip
     console.print(table)
 
     table = Table(title="paired by seed: difference in GLUE points, mean [95% interval] (* above 0)")
@@ -176,6 +95,14 @@ def show(summary: dict[str, Any], runs: dict[int, list[dict[str, Any]]], walls: 
                 f"{front} front - {name} (≤ +10% {what})", interval(p),
                 " ".join(f"{d:+.2f}" for d in p["differences"]), " ".join(p["matched"]),
             )  # fmt: skip
+    console.print(table)
+
+    table = Table(title="does a front student match or dominate the hand-designed one (GLUE, size, latency)?")
+    for col in ("front", "hand-designed", *[f"seed {s}" for s in seeds]):
+        table.add_column(col)
+    for front, per_hand in summary["dominance"].items():
+        for name, per_seed in per_hand.items():
+            table.add_row(front, name, *[found or "no" for found in per_seed])
     console.print(table)
 
     table = Table(title="hypervolume (GLUE ↑, params ↓, latency ↓; reference: GLUE 0, the teacher)")
@@ -203,7 +130,7 @@ def main() -> None:
     for seed in args.seeds:
         result, walls[seed] = one_seed(config, seed)
         runs[seed] = result["table"]
-    summary = compare(runs)
+    summary = compare_runs(runs)
     if args.json:
         print(json.dumps({"summary": summary, "runs": runs, "wall_seconds": walls}, indent=1))
         return

@@ -21,6 +21,9 @@ from scipy import stats
 from distilnas.results.pareto import hypervolume
 
 TOLERANCE = 0.10
+BASELINES = ("uniform", "last", "random")
+FRONTS = ("supernet", "joint")
+HAND = ("hand", "uniform")  # a uniform-mapped student at a chosen shape is what a person would build
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Paired:
         return self.low is not None and self.low > 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "n": self.n}
+        return {**asdict(self), "differences": list(self.differences), "n": self.n}
 
 
 def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Paired:
@@ -80,3 +83,126 @@ def front_hypervolume(rows: Sequence[dict[str, Any]], teacher: dict[str, Any]) -
         for r in rows
     ]
     return hypervolume(points, (0.0, 1.0, 1.0))
+
+
+def origins(row: dict[str, Any]) -> set[str]:
+    """A results-table row's origins (``searched+uniform``: one student chosen twice)."""
+    return set(str(row["origin"]).split("+"))
+
+
+def of(rows: Sequence[dict[str, Any]], origin: str) -> list[dict[str, Any]]:
+    return [r for r in rows if origin in origins(r)]
+
+
+def dominating(front: Sequence[dict[str, Any]], hand: dict[str, Any]) -> str | None:
+    """The best front student at least as good as ``hand`` on GLUE, parameters and latency alike."""
+    for r in sorted(front, key=lambda r: -r["glue"]):
+        if (
+            r["glue"] >= hand["glue"]
+            and r["params"] <= hand["params"]
+            and r["latency_ms"] <= hand["latency_ms"]
+        ):
+            return str(r["model"])
+    return None
+
+
+class SeedRuns:
+    """The results tables of one config's runs, one per seed (rows as ``distilnas run`` returns them)."""
+
+    def __init__(self, runs: dict[int, list[dict[str, Any]]]) -> None:
+        self.seeds = sorted(runs)
+        self.students = {s: [r for r in runs[s] if r["kind"] == "student"] for s in self.seeds}
+        self.teacher = {s: next(r for r in runs[s] if r["kind"] == "teacher") for s in self.seeds}
+
+    def named(self, name: str) -> list[dict[str, Any]] | None:
+        """The student called ``name`` in every seed (None: missing from one)."""
+        rows = [next((r for r in self.students[s] if r["model"] == name), None) for s in self.seeds]
+        return None if any(r is None for r in rows) else rows  # type: ignore[return-value]
+
+    def in_every_seed(self) -> dict[str, dict[str, Any]]:
+        """GLUE average (mean ± std over seeds) of every student present in every seed."""
+        out = {}
+        for name in dict.fromkeys(r["model"] for s in self.seeds for r in self.students[s]):
+            rows = self.named(name)
+            if rows:
+                mean, std = mean_std([r["glue"] for r in rows])
+                out[name] = {
+                    "origin": rows[0]["origin"], "glue_mean": mean, "glue_std": std,
+                    "glue": [r["glue"] for r in rows], "params": rows[0]["params"],
+                    "latency_ms": statistics.median(r["latency_ms"] for r in rows),
+                }  # fmt: skip
+        return out
+
+    def mapping(self) -> dict[str, Paired]:
+        """The searched mapping's student against each baseline's, seed by seed."""
+        out = {}
+        for base in BASELINES:
+            pairs = [(of(self.students[s], "searched"), of(self.students[s], base)) for s in self.seeds]
+            if all(a and b for a, b in pairs):
+                out[base] = paired([a[0]["glue"] for a, _ in pairs], [b[0]["glue"] for _, b in pairs])
+        return out
+
+    def hand_designed(self) -> list[str]:
+        return [
+            n for n in dict.fromkeys(r["model"] for h in HAND for r in of(self.students[self.seeds[0]], h))
+        ]
+
+    def against_hand(self, front: str, by: str) -> dict[str, tuple[Paired, list[str]]]:
+        """Each hand-designed student against the best ``front`` student at most 10% above it on ``by``
+        (``latency_ms`` or ``params``), over the seeds where there is one; and the matched students."""
+        out = {}
+        for name in self.hand_designed():
+            hands = self.named(name) or []
+            picks = [
+                matched(of(self.students[s], front), h, by) for s, h in zip(self.seeds, hands, strict=False)
+            ]
+            kept = [(p, h) for p, h in zip(picks, hands, strict=False) if p]
+            if kept:
+                diff = paired([p["glue"] for p, _ in kept], [h["glue"] for _, h in kept])
+                out[name] = (diff, [p["model"] for p, _ in kept])
+        return out
+
+    def dominance(self, front: str) -> dict[str, list[str | None]]:
+        """Per hand-designed student and seed: a ``front`` student that matches or dominates it."""
+        out = {}
+        for name in self.hand_designed():
+            rows = self.named(name)
+            if rows:
+                out[name] = [
+                    dominating(of(self.students[s], front), h) for s, h in zip(self.seeds, rows, strict=True)
+                ]
+        return out
+
+    def hypervolumes(self) -> dict[str, list[float]]:
+        """Each group's hypervolume per seed (teacher-normalised, one reference point)."""
+        groups = {"hand-designed": HAND, "mapping": ("searched", *BASELINES), **{f: (f,) for f in FRONTS}}
+        out = {}
+        for group, members in groups.items():
+            rows = {s: [r for r in self.students[s] if origins(r) & set(members)] for s in self.seeds}
+            if all(rows.values()):
+                out[group] = [front_hypervolume(rows[s], self.teacher[s]) for s in self.seeds]
+        return out
+
+
+def compare_runs(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Every comparison of the seeds' results tables, as JSON."""
+    r = SeedRuns(runs)
+    fronts = [f for f in FRONTS if all(of(r.students[s], f) for s in r.seeds)]
+    return {
+        "seeds": r.seeds,
+        "students": r.in_every_seed(),
+        "mapping": {base: p.to_json() for base, p in r.mapping().items()},
+        "fronts": {
+            f: {
+                f"{name}@{by}": {**p.to_json(), "matched": picks}
+                for by in ("latency_ms", "params")
+                for name, (p, picks) in r.against_hand(f, by).items()
+            }
+            for f in fronts
+        },
+        "dominance": {f: r.dominance(f) for f in fronts},
+        "hypervolume": {
+            g: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "per_seed": v}
+            for g, v in r.hypervolumes().items()
+        },
+    }
