@@ -22,7 +22,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from transformers import PretrainedConfig
 
-from distilnas.distill.config import StudentShape
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.glue import get_task, load_split, task_folder
@@ -32,6 +31,7 @@ from distilnas.distill.teacher import WEIGHT_FILES, check_weights, model_config,
 from distilnas.results.storage import shown
 from distilnas.search.config import RunConfig
 from distilnas.search.rundir import RunFolder
+from distilnas.search.stages.final import hand_student
 from distilnas.search.stages.joint import joint_space
 from distilnas.search.stages.supernet import checked_space
 from distilnas.search.tune import check_nodes, start_ray
@@ -70,18 +70,6 @@ def student(cfg: RunConfig, tcfg: PretrainedConfig) -> StudentSpec:
     except UserError as exc:
         raise UserError(f"distill.student: {exc}") from None
     return spec
-
-
-def hand_student(cfg: RunConfig, tcfg: PretrainedConfig, shape: StudentShape, where: str) -> None:
-    """A hand-designed student: ``distill.student`` at ``shape``, able to start as its ``init`` says."""
-    config = cfg.distill.student.model_copy(update=shape.model_dump())
-    try:
-        spec = student_spec(config, tcfg)
-        if spec.layers > int(tcfg.num_hidden_layers):
-            raise UserError(f"{spec.layers} layers, more than the teacher's {tcfg.num_hidden_layers}")
-        spec.kind.check_start(spec, tcfg, config.init)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
 
 
 def configured_mapping(cfg: RunConfig, tcfg: PretrainedConfig) -> LayerMapping:
@@ -378,7 +366,11 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     if "joint" in cfg.final.students:
         joint_budgets(cfg, tcfg)
     for i, shape in enumerate(cfg.final.hand_designed):
-        hand_student(cfg, tcfg, shape, f"final.hand_designed[{i}]")
+        try:
+            hand = hand_student(cfg, tcfg, shape)
+            hand.kind.check_start(hand.spec, tcfg, hand.init)
+        except UserError as exc:
+            raise UserError(f"final.hand_designed[{i}]: {exc}") from None
     if cfg.final.mapping_search or "joint" in cfg.final.students:
         if cfg.final.mapping_search:
             mapping_space(cfg, tcfg)

@@ -182,7 +182,8 @@ class NasSpace:
         if not self.blocks <= len(chain) <= self.layers:
             raise UserError(
                 f"{where}: its {len(chain)} attention and feed-forward layers do not fill {self.blocks} "
-                f"blocks of at most {self.block_layers} (1..{self.teacher_layers} BERT layers fit)"
+                f"blocks of at most {self.block_layers} ({-(-self.blocks // 2)}..{self.teacher_layers} BERT "
+                "layers fit)"
             )
         base, extra = divmod(len(chain), self.blocks)
         path, start = [], 0

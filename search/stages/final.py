@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from transformers import AutoConfig, PretrainedConfig
 
-from distilnas.distill.config import DistillConfig
+from distilnas.distill.config import DistillConfig, StudentShape
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
 from distilnas.distill.measure import timed
@@ -83,21 +83,19 @@ def chosen_students(
             students[key].origin.append(origin)
             continue
         students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
-    hand = hand_students(cfg, tcfg) if "hand" in cfg.final.students else []
+    hand = [hand_student(cfg, tcfg, shape) for shape in cfg.final.hand_designed]
     nas = supernet_students(cfg, run, n) if "supernet" in cfg.final.students else []
     joint = joint_students(cfg, run, tcfg) if "joint" in cfg.final.students else []
     return [*students.values(), *hand, *joint, *nas]
 
 
-def hand_students(cfg: RunConfig, tcfg: PretrainedConfig) -> list[StudentRecord]:
-    """``final.hand_designed``: each shape built as ``distill.student`` says, with the uniform mapping."""
-    out = []
-    for shape in cfg.final.hand_designed:
-        config = cfg.distill.student.model_copy(update=shape.model_dump())
-        spec = student_spec(config, tcfg)
-        mapping = LayerMapping.uniform(spec.layers, int(tcfg.num_hidden_layers))
-        out.append(StudentRecord(f"{spec.name}_hand", spec, config.init, str(mapping), ["hand"]))
-    return out
+def hand_student(cfg: RunConfig, tcfg: PretrainedConfig, shape: StudentShape) -> StudentRecord:
+    """One of ``final.hand_designed``: built as ``distill.student`` says but at ``shape`` (its empty sizes
+    follow the teacher), with the uniform mapping."""
+    config = cfg.distill.student.model_copy(update=shape.model_dump())
+    spec = student_spec(config, tcfg)
+    mapping = LayerMapping.uniform(spec.layers, int(tcfg.num_hidden_layers))
+    return StudentRecord(f"{spec.name}_hand", spec, config.init, str(mapping), ["hand"])
 
 
 def spread(items: list[Any], k: int) -> list[Any]:

@@ -323,7 +323,7 @@ CASES: dict[str, tuple[Case, str]] = {
                 final__hand_designed=[{"layers": 1}, {"layers": 3}],
             ),
         ],
-        "final.hand_designed[1]: 3 layers, more than the teacher's 2",
+        "final.hand_designed[1]: mapping: a 3-layer student is deeper than its 2-layer teacher",
     ),
     "a task without a training split": (
         lambda w: ["run", w.config_with("ax.yaml", final__tasks=["ax"])],
