@@ -32,19 +32,27 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from distilnas.distill.utils import atomic_write_json
 from distilnas.results.compare import compare_runs
 from distilnas.search.config import load_config
 from distilnas.search.pipeline import run_pipeline
 
 
 def one_seed(config: Path, seed: int) -> tuple[dict[str, Any], float]:
-    """The run of ``config`` at ``seed`` (read back when finished) and the seconds this call took."""
+    """The run of ``config`` at ``seed`` (read back when finished) and the wall seconds it has taken, over
+    every call that worked on it (``bench-wall.json`` in its folder)."""
     cfg = load_config(config)
     cfg = cfg.model_copy(update={"seed": seed, "output_dir": cfg.output_dir / f"seed{seed}"})
+    wall = cfg.output_dir / "bench-wall.json"
+    spent = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
+    finished = (cfg.output_dir / "results" / "results.json").is_file()
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Ray Tune prints its banner: keep stdout for the table
         result = run_pipeline(cfg, resume=(cfg.output_dir / "config.json").is_file())
-    return result, time.perf_counter() - start
+    if not finished:
+        spent += time.perf_counter() - start
+        atomic_write_json(wall, {"seconds": spent})
+    return result, spent
 
 
 def interval(p: dict[str, Any]) -> str:
@@ -111,9 +119,7 @@ def show(summary: dict[str, Any], runs: dict[int, list[dict[str, Any]]], walls: 
     for group, h in summary["hypervolume"].items():
         table.add_row(group, f"{h['mean']:.4f} ± {h['std']:.4f}", " ".join(f"{v:.4f}" for v in h["per_seed"]))
     console.print(table)
-    console.print(
-        "wall time per seed (this call): " + ", ".join(f"seed {s}: {walls[s]:.0f} s" for s in seeds)
-    )
+    console.print("wall time per seed: " + ", ".join(f"seed {s}: {walls[s] / 60:.1f} min" for s in seeds))
 
 
 def main() -> None:

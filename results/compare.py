@@ -114,21 +114,17 @@ class SeedRuns:
         self.students = {s: [r for r in runs[s] if r["kind"] == "student"] for s in self.seeds}
         self.teacher = {s: next(r for r in runs[s] if r["kind"] == "teacher") for s in self.seeds}
 
-    def named(self, name: str) -> list[dict[str, Any]] | None:
-        """The student called ``name`` in every seed (None: missing from one)."""
-        rows = [next((r for r in self.students[s] if r["model"] == name), None) for s in self.seeds]
-        return None if any(r is None for r in rows) else rows  # type: ignore[return-value]
-
     def in_every_seed(self) -> dict[str, dict[str, Any]]:
-        """GLUE average (mean ± std over seeds) of every student present in every seed."""
+        """GLUE average (mean ± std over seeds) of every student present (by name) in every seed."""
         out = {}
-        for name in dict.fromkeys(r["model"] for s in self.seeds for r in self.students[s]):
-            rows = self.named(name)
-            if rows:
-                mean, std = mean_std([r["glue"] for r in rows])
+        for name in dict.fromkeys(r["model"] for r in self.students[self.seeds[0]]):
+            rows = [r for s in self.seeds for r in self.students[s] if r["model"] == name]
+            if len(rows) == len(self.seeds):
+                glue = [r["glue"] for r in rows]
+                mean, std = mean_std(glue)
                 out[name] = {
-                    "origin": rows[0]["origin"], "glue_mean": mean, "glue_std": std,
-                    "glue": [r["glue"] for r in rows], "params": rows[0]["params"],
+                    "origin": rows[0]["origin"], "glue_mean": mean, "glue_std": std, "glue": glue,
+                    "params": rows[0]["params"],
                     "latency_ms": statistics.median(r["latency_ms"] for r in rows),
                 }  # fmt: skip
         return out
@@ -142,21 +138,29 @@ class SeedRuns:
                 out[base] = paired([a[0]["glue"] for a, _ in pairs], [b[0]["glue"] for _, b in pairs])
         return out
 
-    def hand_designed(self) -> list[str]:
-        return [
-            n for n in dict.fromkeys(r["model"] for h in HAND for r in of(self.students[self.seeds[0]], h))
-        ]
+    def hand_designed(self, seed: int) -> dict[str, dict[str, Any]]:
+        """A seed's hand-designed students by names that hold across seeds: a ``hand`` student's own, and
+        ``<shape>_uniform`` for the uniform-mapped one (named after another origin when chosen twice)."""
+        out = {}
+        for r in self.students[seed]:
+            if "hand" in origins(r) or "uniform" in origins(r):
+                out[r["model"] if "hand" in origins(r) else f"{r['shape']}_uniform"] = r
+        return out
+
+    def hands(self) -> dict[str, list[dict[str, Any]]]:
+        """Every hand-designed student present in every seed: its rows, seed by seed."""
+        per_seed = [self.hand_designed(s) for s in self.seeds]
+        return {name: [h[name] for h in per_seed] for name in per_seed[0] if all(name in h for h in per_seed)}
 
     def against_hand(self, front: str, by: str) -> dict[str, tuple[Paired, list[str]]]:
         """Each hand-designed student against the best ``front`` student at most 10% above it on ``by``
         (``latency_ms`` or ``params``), over the seeds where there is one; and the matched students."""
         out = {}
-        for name in self.hand_designed():
-            hands = self.named(name) or []
+        for name, hands in self.hands().items():
             picks = [
-                matched(of(self.students[s], front), h, by) for s, h in zip(self.seeds, hands, strict=False)
+                matched(of(self.students[s], front), h, by) for s, h in zip(self.seeds, hands, strict=True)
             ]
-            kept = [(p, h) for p, h in zip(picks, hands, strict=False) if p]
+            kept = [(p, h) for p, h in zip(picks, hands, strict=True) if p]
             if kept:
                 diff = paired([p["glue"] for p, _ in kept], [h["glue"] for _, h in kept])
                 out[name] = (diff, [p["model"] for p, _ in kept])
@@ -164,14 +168,10 @@ class SeedRuns:
 
     def dominance(self, front: str) -> dict[str, list[str | None]]:
         """Per hand-designed student and seed: a ``front`` student that matches or dominates it."""
-        out = {}
-        for name in self.hand_designed():
-            rows = self.named(name)
-            if rows:
-                out[name] = [
-                    dominating(of(self.students[s], front), h) for s, h in zip(self.seeds, rows, strict=True)
-                ]
-        return out
+        return {
+            name: [dominating(of(self.students[s], front), h) for s, h in zip(self.seeds, hands, strict=True)]
+            for name, hands in self.hands().items()
+        }
 
     def hypervolumes(self) -> dict[str, list[float]]:
         """Each group's hypervolume per seed (teacher-normalised, one reference point)."""

@@ -49,23 +49,23 @@ def test_front_hypervolume_on_the_teachers_reference() -> None:
 
 def run_table(seed: int) -> list[dict]:
     """A results table as ``distilnas run`` returns it: the teacher, a mapping search's students (random
-    search found the searched mapping), a hand-designed student and a supernet front of two."""
+    search found the searched mapping; in seed 2 the search found the uniform one), a hand-designed
+    student and a supernet front of two."""
 
     def row(model: str, origin: str, glue: float, params: float, ms: float) -> dict:
         kind = "teacher" if origin == "teacher" else "student"
+        shape = model.split("_")[0]
         return {
-            "model": model,
-            "kind": kind,
-            "origin": origin,
-            "glue": glue,
-            "params": params,
+            "model": model, "kind": kind, "origin": origin, "shape": shape, "glue": glue, "params": params,
             "latency_ms": ms,
-        }
+        }  # fmt: skip
 
+    searched = [] if seed == 2 else [row("3L_searched", "searched+random", 70.0 + seed, 30.0, 5.0)]
+    uniform = ("3L_searched", "searched+uniform+random") if seed == 2 else ("3L_uniform", "uniform")
     return [
         row("teacher", "teacher", 80.0, 100.0, 10.0),
-        row("3L_searched", "searched+random", 70.0 + seed, 30.0, 5.0),
-        row("3L_uniform", "uniform", 69.0, 30.0, 5.0),
+        *searched,
+        row(*uniform, 69.0, 30.0, 5.0),  # one student chosen twice is named after its first origin
         row("3L_last", "last", 68.0, 30.0, 5.0),
         row("2L-96_hand", "hand", 60.0, 10.0, 2.0),
         row(f"nasA-{seed}", "supernet", 61.0 + seed / 2, 9.0, 1.9),
@@ -76,24 +76,26 @@ def run_table(seed: int) -> list[dict]:
 def test_seed_runs_pair_every_comparison_by_hand() -> None:
     out = compare_runs({s: run_table(s) for s in (0, 1, 2)})
     assert out["seeds"] == [0, 1, 2]
-    # the searched mapping: +1, +2, +3 over uniform (t(0.975, 2) * 1 / sqrt(3) = 2.484138), +2, +3, +4 over
-    # last; random search found the same student: 0 in every seed
+    # the searched mapping: +1, +2, 0 over uniform (mean 1, std 1: t(0.975, 2) / sqrt(3) = 2.484138),
+    # +2, +3, +1 over last; random search found the searched student: 0 in every seed
     uniform = out["mapping"]["uniform"]
-    assert uniform["differences"] == [1.0, 2.0, 3.0] and uniform["mean"] == pytest.approx(2.0)
-    assert (uniform["low"], uniform["high"]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
-    assert out["mapping"]["last"]["mean"] == pytest.approx(3.0)
+    assert uniform["differences"] == [1.0, 2.0, 0.0] and uniform["mean"] == pytest.approx(1.0)
+    assert (uniform["low"], uniform["high"]) == pytest.approx((1 - 2.484138, 1 + 2.484138), abs=1e-5)
+    assert out["mapping"]["last"]["differences"] == [2.0, 3.0, 1.0]
     assert out["mapping"]["random"]["differences"] == [0.0, 0.0, 0.0]
-    # hand-designed: the hand student and the uniform-mapped one; matched within 10% of latency or size
+    # hand-designed: the hand student and the uniform-mapped one (in seed 2 under the searched name);
+    # each against the best front student at most 10% slower or larger
     front = out["fronts"]["supernet"]
     small = front["2L-96_hand@latency_ms"]
     assert small["matched"] == ["nasA-0", "nasA-1", "nasA-2"] and small["differences"] == [1.0, 1.5, 2.0]
     assert front["3L_uniform@latency_ms"]["differences"] == [-4.0, -4.0, -4.0]  # nasB, the best at <= 5.5 ms
     assert front["3L_uniform@params"]["matched"] == ["nasB-0", "nasB-1", "nasB-2"]
     assert out["dominance"]["supernet"] == {
-        "2L-96_hand": ["nasA-0", "nasA-1", "nasA-2"],
         "3L_uniform": [None] * 3,
+        "2L-96_hand": ["nasA-0", "nasA-1", "nasA-2"],
     }
-    assert out["students"]["3L_uniform"]["glue_mean"] == 69.0 and "nasA-0" not in out["students"]
+    assert out["students"]["3L_searched"]["glue"] == [70.0, 71.0, 69.0]
+    assert "3L_uniform" not in out["students"] and "nasA-0" not in out["students"]  # not in every seed
     # hand-designed group: boxes 0.6 * 0.9 * 0.8 and 0.69 * 0.7 * 0.5 overlapping in 0.6 * 0.7 * 0.5
     assert out["hypervolume"]["hand-designed"]["per_seed"] == pytest.approx([0.4635] * 3)
     assert out["hypervolume"]["hand-designed"]["std"] == pytest.approx(0.0)
