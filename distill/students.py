@@ -536,7 +536,7 @@ class NasBert(StudentKind):
         return record.name
 
     def saved_size(self, config: PretrainedConfig, folder: Path) -> str:
-        return folder.name
+        return f"{config.path} ({config.form} form)"
 
     def deployed(self, model: PreTrainedModel) -> PreTrainedModel:
         """Its deployed form (block widths only; distill/nas_bert.py): exact, and what serving runs."""
