@@ -446,7 +446,7 @@ def deployed(model: NasBertModel | NasBertForSequenceClassification) -> PreTrain
         last = f"nas_bert.blocks.{len(config.blocks) - 1}.out"
         state["pooler.weight"], state["pooler.bias"] = fused("pooler", last)
     target.load_state_dict(state)
-    return target.to(next(model.parameters()).device).train(model.training)
+    return target.to(next(model.parameters())).train(model.training)  # its device and dtype
 
 
 def block_parameters(hidden: int, ops: Sequence[str], embeddings: tuple[int, int, int] | None) -> int:

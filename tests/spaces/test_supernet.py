@@ -196,6 +196,8 @@ def test_the_deployed_student_computes_what_the_distilled_one_does(tmp_path: Pat
         encoder_only = AutoModel.from_pretrained(tmp_path / "deployed")
         assert type(encoder_only) is NasBertModel and encoder_only.blocks[1].out is None
     assert deployed(fused) is fused  # already deployed
+    half = deployed(model.to(torch.bfloat16))  # the fused maps keep the model's dtype
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
 
 
 def test_a_hand_designed_bert_is_a_path_of_the_space() -> None:
