@@ -365,6 +365,11 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     caches += task_caches(cfg, cfg.final.tasks, cfg.distill.train_limit, spec)
     if "joint" in cfg.final.students:
         joint_budgets(cfg, tcfg)
+    if "random" in cfg.final.students and not cfg.search.mapping.random_baseline:
+        raise UserError(
+            "final.students: 'random' needs random search beside the mapping search "
+            "(search.mapping.random_baseline: true)"
+        )
     for i, shape in enumerate(cfg.final.hand_designed):
         try:
             hand = hand_student(cfg, tcfg, shape)

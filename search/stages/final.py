@@ -50,7 +50,9 @@ def searched_mapping(kind: str, mapping_results: dict[str, Any] | None) -> str:
     """The mapping search's best (``searched``) or random search's best at the same budget (``random``;
     an exhaustive search evaluated every mapping, so random search at its budget finds the same best)."""
     results = mapping_results or {}
-    best = results.get("random", results)["best"] if kind == "random" else results.get("best")
+    best = results.get("best")
+    if kind == "random" and results.get("mode") != "exhaustive":
+        best = results.get("random", {}).get("best")
     if not best:
         raise UserError(f"final.students: '{kind}' needs a finished mapping search")
     return str(best["mapping"])

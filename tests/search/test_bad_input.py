@@ -310,6 +310,13 @@ CASES: dict[str, tuple[Case, str]] = {
         ],
         "search.supernet.hand_designed[0]: student 3L-16: its 6 attention and feed-forward layers do not fill",
     ),
+    "random search's student without random search": (
+        lambda w: [
+            "run",
+            w.config_with("rs.yaml", final__students=["random"], search__mapping={"random_baseline": False}),
+        ],
+        "final.students: 'random' needs random search beside the mapping search",
+    ),
     "hand students without shapes": (
         lambda w: ["run", w.config_with("hs.yaml", final__students=["uniform", "hand"])],
         "final.hand_designed: list the shapes when final.students has 'hand'",

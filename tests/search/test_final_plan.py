@@ -115,7 +115,7 @@ def test_hand_designed_and_random_search_students(tmp_path: Path) -> None:
     run = RunFolder.of(cfg)
     with pytest.raises(UserError, match="'searched' needs a finished mapping search"):
         chosen_students(cfg, run, None)
-    ga = {"best": {"mapping": "3,4/4"}, "random": {"best": {"mapping": "1,3/4"}}}
+    ga = {"mode": "ga", "best": {"mapping": "3,4/4"}, "random": {"best": {"mapping": "1,3/4"}}}
     chosen = chosen_students(cfg, run, ga)
     names = ["2L-32_searched", "2L-32_uniform", "2L-32_random", "1L-16_hand", "3L-32_hand"]
     assert [s.name for s in chosen] == names
@@ -130,6 +130,8 @@ def test_hand_designed_and_random_search_students(tmp_path: Path) -> None:
     assert (one.spec.layers, one.spec.hidden, one.spec.heads, one.spec.intermediate) == (1, 16, 1, 32)
     assert (three.spec.hidden, three.spec.heads, three.init, three.origin) == (32, 1, "extract", ["hand"])
     # an exhaustive search has no random lane: random search at its budget finds the same best
-    exhaustive = {"best": {"mapping": "2,4/4"}}
+    exhaustive = {"mode": "exhaustive", "best": {"mapping": "2,4/4"}}
     chosen = chosen_students(cfg, run, exhaustive)
     assert chosen[0].origin == ["searched", "uniform", "random"] and len(chosen) == 3
+    with pytest.raises(UserError, match="'random' needs a finished mapping search"):  # a GA without it
+        chosen_students(cfg, run, {"mode": "ga", "best": {"mapping": "3,4/4"}})
