@@ -42,7 +42,7 @@ from distilnas.distill.kronecker import check_factors, kroneckerise
 from distilnas.distill.measure import retrieval_latency, timed
 from distilnas.distill.reference_store import ReferenceStore, referenced_split, task_store
 from distilnas.distill.referenced_bert import referenced
-from distilnas.distill.teacher import ModelSource, load_encoder
+from distilnas.distill.teacher import ModelSource, load_encoder, load_pretrained
 from distilnas.distill.teacher_cache import TeacherCache
 from distilnas.distill.utils import fingerprint
 
@@ -536,7 +536,7 @@ class NasBert(StudentKind):
         return record.name
 
     def saved_size(self, config: PretrainedConfig, folder: Path) -> str:
-        return f"{config.path} ({config.form} form)"
+        return str(config.path)
 
     def deployed(self, model: PreTrainedModel) -> PreTrainedModel:
         """Its deployed form (block widths only; distill/nas_bert.py): exact, and what serving runs."""
@@ -546,8 +546,8 @@ class NasBert(StudentKind):
         config = AutoConfig.from_pretrained(folder)
         if config.form == nas_bert.DEPLOYED:
             return
-        heads = any("ForSequenceClassification" in a for a in config.architectures or [])
-        model = (AutoModelForSequenceClassification if heads else AutoModel).from_pretrained(folder)
+        heads = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+        model = load_pretrained(AutoModelForSequenceClassification if heads else AutoModel, str(folder))
         self.deployed(model).save_pretrained(folder)
 
     def architecture_record(self, record: StudentRecord) -> dict[str, Any]:

@@ -366,8 +366,9 @@ def run_supernet_search(cfg: RunConfig, resume: bool = False, address: str | Non
 
     def estimate(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         path = t.user_attrs["path"]
-        entry = {"path": path, "estimated_loss": t.values[0], "params": int(t.values[1])}
-        return entry | {"predicted_ms": t.values[2]} | ({"hand_designed": True} if path in hand else {})
+        loss, params, ms = t.values
+        entry = {"path": path, "estimated_loss": loss, "params": int(params), "predicted_ms": ms}
+        return (entry | {"hand_designed": True}) if path in hand else entry
 
     estimated = {t.user_attrs["path"]: estimate(t) for t in study.best_trials}
     chosen = spread(list(estimated.values()), sn.rescore, "params")

@@ -136,6 +136,10 @@ class BlockTrainer:
         self.cache, self.packed = self.proxy.cache(), self.proxy.rows()
         self.device = default_device()
 
+    def kept(self, bins: Bins) -> list[int]:
+        """The paths still trained and scored: the bins' survivors and the hand-designed ones."""
+        return sorted(set(bins.members()) | self.pinned)
+
     def path(self, index: int) -> BlockPath:
         return self.space.block_at(index)
 
@@ -231,7 +235,7 @@ class BlockTrainer:
         while bins is None or not bins.settled(s.keep_per_bin):
             epoch = state["epoch"]
             rng = random.Random(f"{self.proxy.seed}/{self.position}/{epoch}")
-            choices = sorted(set(bins.members()) | self.pinned) if bins else None
+            choices = self.kept(bins) if bins else None
             sampler.set_epoch(epoch)
             start, losses = time.perf_counter(), []
             bar = tqdm(sampler, desc=f"block {self.position + 1} epoch {epoch + 1}", unit="step")
@@ -268,7 +272,7 @@ class BlockTrainer:
     def finish(self, block: NasBlock, bins: Bins, state: dict[str, Any]) -> dict[str, Any]:
         """Score the survivors with the final weights; keep the weights and the candidates."""
         t0 = time.perf_counter()
-        members = sorted(set(bins.members()) | self.pinned)
+        members = self.kept(bins)
         scores = self.score(block, members)
         per_path = (time.perf_counter() - t0) / max(len(members), 1)
         candidates = [
