@@ -297,4 +297,7 @@ class LatencyConfig(Strict):
     seq_len: int = Field(128, gt=0)
     threads: int | None = Field(None, gt=0)
     """torch CPU threads (default: torch's)."""
+    device: Literal["cpu", "cuda"] | None = None
+    """The device that will serve the students, where they are timed (CUDA: with CUDA events, after a
+    warm-up); default: CUDA where the machine running the stage has it, else its CPU."""
     repeats: int = Field(50, gt=0)

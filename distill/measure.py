@@ -1,4 +1,4 @@
-"""Measurement: latency on this device (warm-up, trimmed mean), parameter count, forward FLOPs."""
+"""Measurement: latency on the serving device (warm-up, trimmed mean), parameter count, forward FLOPs."""
 
 from __future__ import annotations
 
@@ -74,6 +74,34 @@ def trimmed_mean(values: list[float], trim: float) -> float:
     return float(np.mean(kept))
 
 
+def serving_device(latency: LatencyConfig) -> torch.device:
+    """Where ``latency``'s setting times models: its ``device``, else CUDA when present, else the CPU."""
+    return torch.device(latency.device) if latency.device else default_device()
+
+
+def stopwatch(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A timer of one call in milliseconds on ``device``: CUDA events around the call on a GPU (the time
+    the device spent, launch gaps included, read once the call has finished), else wall time."""
+    if device.type != "cuda":
+
+        def wall(call: Callable[[], object]) -> float:
+            start = time.perf_counter()
+            call()
+            return (time.perf_counter() - start) * 1000
+
+        return wall
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def events(call: Callable[[], object]) -> float:
+        begin.record()
+        call()
+        end.record()
+        end.synchronize()
+        return float(begin.elapsed_time(end))
+
+    return events
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
@@ -88,16 +116,10 @@ def measure_latency(
     device = device or default_device()
     model = model.to(device).eval()
     inputs = dummy_inputs(model, batch_size, seq_len, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = stopwatch(device)
     for _ in range(warmup):
-        model(**inputs)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
+        clock(lambda: model(**inputs))
+    times = [clock(lambda: model(**inputs)) for _ in range(repeats)]
     return Latency(
         ms=trimmed_mean(times, trim),
         median_ms=statistics.median(times),
@@ -133,10 +155,13 @@ def round_robin(
     machine falls on all the models alike, where timing one model after another puts it on a few, and
     the median drops the rounds it spoils."""
     times: list[list[float]] = [[] for _ in models]
+    device = serving_device(latency)
     with torch_threads(latency.threads):
         for r in tqdm(range(rounds + 1), desc=desc, unit="round"):
             for i, model in enumerate(models):
-                ms = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats).ms
+                ms = measure_latency(
+                    model, latency.batch_size, latency.seq_len, repeats=latency.repeats, device=device
+                ).ms
                 if r:  # round 0 warms every model up
                     times[i].append(ms)
     return [float(statistics.median(t)) for t in times]
@@ -144,8 +169,9 @@ def round_robin(
 
 def timed(model: nn.Module, latency: LatencyConfig) -> dict[str, Any]:
     """Parameters and latency of ``model`` at the ``final.latency`` setting (its threads, then back)."""
-    with torch_threads(latency.threads):
-        result = measure_latency(model, latency.batch_size, latency.seq_len, repeats=latency.repeats)
+    lat, device = latency, serving_device(latency)
+    with torch_threads(lat.threads):
+        result = measure_latency(model, lat.batch_size, lat.seq_len, repeats=lat.repeats, device=device)
     return {"params": count_parameters(model), "latency": result.as_dict()}
 
 

@@ -27,8 +27,7 @@ from transformers import BertModel, PretrainedConfig
 from distilnas.distill.bert import BertShape, bert_config
 from distilnas.distill.config import LatencyConfig
 from distilnas.distill.factorised import factorised
-from distilnas.distill.measure import device_name, round_robin
-from distilnas.distill.utils import default_device
+from distilnas.distill.measure import device_name, round_robin, serving_device
 
 Width = tuple[int, int, int]
 """(hidden, heads, intermediate)"""
@@ -84,7 +83,7 @@ class BertLatencyTable:
     def matches(self, latency: LatencyConfig, device: torch.device | None = None) -> bool:
         """Whether the table was timed at this setting on this kind of device."""
         threads = latency.threads or torch.get_num_threads()
-        here = device_name(device or default_device())
+        here = device_name(device or serving_device(latency))
         return (self.batch_size, self.seq_len, self.threads, self.device) == (
             latency.batch_size,
             latency.seq_len,
@@ -110,7 +109,7 @@ def measure_bert_table(
     """Time every width at one and three layers, and every factorised (hidden, E) table as a one-layer
     student beside the dense one, all in the same rounds (:func:`~distilnas.distill.measure.
     round_robin`); the three-layer students of up to four widths spread over them are its references."""
-    device = device or default_device()
+    device = device or serving_device(latency)
     widths, tables = sorted(set(widths)), sorted(set(tables))
     chosen = {h: min(w for w in widths if w[0] == h) for h, _ in tables}  # one width per hidden size
     shapes = [BertShape(d, *w) for w in widths for d in (1, 3)]

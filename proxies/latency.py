@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from distilnas.distill.measure import device_name, torch_threads, trimmed_mean
+from distilnas.distill.measure import device_name, stopwatch, torch_threads, trimmed_mean
 from distilnas.distill.nas_bert import (
     DEPLOYED,
     IDENTITY,
@@ -87,7 +86,7 @@ def measure_table(
     deployed student)."""
     device = device or default_device()
     with torch_threads(threads):
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        clock = stopwatch(device)
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(1, space.vocab_size, (batch_size, seq_len), generator=g).to(device)
         types = torch.zeros_like(ids)
@@ -115,11 +114,9 @@ def measure_table(
         with torch.inference_mode():
             for r in tqdm(range(warmup + repeats), desc="latency table", unit="round"):
                 for key, call in jobs:
-                    start = time.perf_counter()
-                    call()
-                    sync()
+                    ms = clock(call)
                     if r >= warmup:
-                        times[key].append((time.perf_counter() - start) * 1000)
+                        times[key].append(ms)
         table.entries = {key: trimmed_mean(ts, trim) for key, ts in times.items()}
         whole = table.entries.pop("model")
         table.entries["overhead"] = max(0.0, whole - table.predict(smallest))

@@ -201,6 +201,8 @@ class RayConfig(Strict):
     address: str | None = None
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    """GPUs each trial holds; a fraction lets several small trials share one GPU (0.25: four). A trial
+    runs on the GPU Ray assigns it, in bf16 autocast where the GPU has it (each stage's ``precision``)."""
     max_concurrent: int | None = Field(None, gt=0)
     retries: int = Field(1, ge=0)
     """A failed trial is tried again this many times (in the run and after a resume) before it counts as
@@ -208,6 +210,13 @@ class RayConfig(Strict):
     runtime_env: dict[str, Any] | None = None
     """What Ray sets up in every worker of the run, as Ray defines it (``pip``, ``conda``, ``working_dir``,
     ``env_vars``, ...); empty: the workers' own environment (a cluster started with the same install)."""
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_gpus_above_one(cls, value: float) -> float:
+        if value > 1 and not value.is_integer():
+            raise ValueError(f"{value:g}: a trial shares one GPU (a fraction up to 1) or holds whole GPUs")
+        return value
 
     @field_validator("runtime_env")
     @classmethod

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+import torch
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -144,13 +146,34 @@ def ray_up(cfg: RunConfig, address: str | None) -> None:
     write its own cache."""
     address = address or cfg.ray.address
     ray_reachable(address)
+    if not address:  # Ray here would have this machine's GPUs
+        enough_gpus(cfg.ray.gpus_per_trial, torch.cuda.device_count(), "this machine")
     start_ray(cfg.ray, address)
     if address:
+        enough_gpus(cfg.ray.gpus_per_trial, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
         readable = {"data.glue_dir": cfg.data.glue_dir} if cfg.data.glue_dir else {}
         teacher = Path(resolve(cfg.teacher.name).location)
         if teacher.is_dir():  # a folder (or the alias's package): students start from its weights
             readable["teacher.name"] = teacher
         check_nodes({"output_dir": cfg.output_dir}, readable, {"data.cache_dir": cfg.cache_dir})
+
+
+def enough_gpus(per_trial: float, gpus: float, where: str) -> None:
+    """A trial's GPUs must exist: Ray Tune would wait for them for ever."""
+    if per_trial > gpus:
+        raise UserError(
+            f"ray.gpus_per_trial: {per_trial:g}, but {where} has {gpus:g} GPUs; "
+            "use 0 to run the trials on CPUs"
+        )
+
+
+def serving_device(cfg: RunConfig) -> None:
+    """``final.latency.device: cuda`` needs CUDA on the machine that times the students (this one)."""
+    if cfg.final.latency.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"final.latency.device: cuda, but this machine has no CUDA device (torch {torch.__version__}); "
+            "time on the cpu, or run where the students will be served"
+        )
 
 
 def storage(url: str | None) -> None:
@@ -295,6 +318,7 @@ def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> Non
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
     joint_budgets(cfg, tcfg)
+    serving_device(cfg)
     proxy_inputs(cfg, tcfg, address)
 
 
@@ -343,9 +367,12 @@ def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> 
     cache = corpus_cache(
         texts, cfg.search.supernet.corpus_fraction, cfg.distill.max_length, frozenset({"hidden"}), "corpus"
     )
+    serving_device(cfg)
     storage(cfg.storage.url)
     disk(cfg, tcfg, [cache])
     ray_reachable(address or cfg.ray.address)  # Ray starts after the latency table is timed, not beside it
+    if not (address or cfg.ray.address):
+        enough_gpus(cfg.ray.gpus_per_trial, torch.cuda.device_count(), "this machine")
 
 
 def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
@@ -395,6 +422,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     for stage in (run.mapping, run.joint, run.supernet):
         if stage.started:
             stage.check_inputs(cfg)  # reused or resumed only when made from the same inputs
+    serving_device(cfg)
     storage(cfg.storage.url)
     disk(cfg, tcfg, caches)
     ray_up(cfg, address)

@@ -30,7 +30,7 @@ from transformers import AutoConfig, PretrainedConfig
 from distilnas.distill.config import DistillConfig, StudentShape
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import timed
+from distilnas.distill.measure import device_name, serving_device, timed
 from distilnas.distill.prepared import PreparedData, prepare
 from distilnas.distill.recipes import Distillation
 from distilnas.distill.students import StudentRecord, StudentSpec, student_spec
@@ -286,7 +286,9 @@ def measure(cfg: RunConfig, run: RunFolder, final: dict[str, Any]) -> dict[str, 
     time in this process (no trial beside it), and is kept in ``final/measurements.json`` per latency
     setting, so a report is never re-timed."""
     record = run.final / "measurements.json"
-    key = fingerprint(cfg.final.latency.model_dump(mode="json"))
+    # The device is in the key: a run resumed on another machine times its students again.
+    latency = cfg.final.latency
+    key = fingerprint(latency.model_dump(mode="json"), device_name(serving_device(latency)))
     stored = json.loads(record.read_text()) if record.is_file() else {}
     found: dict[str, dict[str, Any]] = stored.get(key, {})
     if "teacher" not in found:

@@ -36,10 +36,10 @@ from safetensors.torch import load_file
 
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import count_parameters, device_name, timed
+from distilnas.distill.measure import count_parameters, device_name, serving_device, timed
 from distilnas.distill.nas_bert import DEPLOYED, NasBertModel, deployed
 from distilnas.distill.teacher import load_tokenizer, model_config, resolve
-from distilnas.distill.utils import atomic_dir, atomic_write_json, default_device, fingerprint
+from distilnas.distill.utils import atomic_dir, atomic_write_json, fingerprint
 from distilnas.proxies.block_proxy import BlockProxy, prepare_block_proxy
 from distilnas.proxies.latency import FORM as LATENCY_FORM
 from distilnas.proxies.latency import LatencyTable, mape, measure_table
@@ -110,14 +110,14 @@ def checked_space(cfg: RunConfig) -> NasSpace:
 def latency_table(cfg: RunConfig, space: NasSpace, folder: Path) -> LatencyTable:
     """The table for the final stage's latency setting, measured once per setting and space."""
     lat = cfg.final.latency
-    device = device_name(default_device())
-    key = fingerprint(lat.model_dump(mode="json"), device, asdict(space), LATENCY_FORM)
+    device = serving_device(lat)
+    key = fingerprint(lat.model_dump(mode="json"), device_name(device), asdict(space), LATENCY_FORM)
     record = folder / "latency.json"
     if record.is_file():
         data = json.loads(record.read_text())
         if data.get("key") == key:
             return LatencyTable.from_json(data["table"])
-    table = measure_table(space, lat.batch_size, lat.seq_len, lat.repeats, threads=lat.threads)
+    table = measure_table(space, lat.batch_size, lat.seq_len, lat.repeats, threads=lat.threads, device=device)
     atomic_write_json(record, {"key": key, "table": table.to_json()})
     return table
 

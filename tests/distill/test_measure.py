@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from helpers import bert_flops, bert_params
 from transformers import BertConfig, BertModel
 
-from distilnas.distill.measure import count_flops, count_parameters, measure_latency, trimmed_mean
+from distilnas.distill.config import LatencyConfig
+from distilnas.distill.measure import (
+    count_flops,
+    count_parameters,
+    measure_latency,
+    serving_device,
+    stopwatch,
+    timed,
+    trimmed_mean,
+)
+from distilnas.distill.utils import default_device
 
 
 def tiny(layers: int = 2, h: int = 32, i: int = 64) -> BertModel:
@@ -45,3 +57,17 @@ def test_latency_records_its_settings() -> None:
     assert (lat.batch_size, lat.seq_len, lat.warmup, lat.repeats) == (2, 16, 2, 7)
     assert lat.threads == torch.get_num_threads() and lat.device.startswith(("cpu", "cuda"))
     assert lat.dtype == "float32"
+
+
+def test_the_stopwatch_times_one_call_in_milliseconds() -> None:
+    clock = stopwatch(torch.device("cpu"))
+    ms = [clock(lambda: time.sleep(0.02)) for _ in range(3)]
+    assert all(20 <= m < 2000 for m in ms), ms
+
+
+def test_students_are_timed_where_they_will_be_served() -> None:
+    """``final.latency.device`` picks the device; empty is CUDA where present (the stage's machine)."""
+    assert serving_device(LatencyConfig()) == default_device()
+    assert serving_device(LatencyConfig(device="cpu")) == torch.device("cpu")
+    figures = timed(tiny(), LatencyConfig(device="cpu", seq_len=16, repeats=3))
+    assert figures["latency"]["device"].startswith("cpu:") and figures["latency"]["seq_len"] == 16

@@ -566,6 +566,18 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda w: ["run", w.config_with("re2.yaml", ray={"runtime_env": {"pip": 5}})],
         "ray.runtime_env: runtime_env['pip'] must be of type str or List[str]",
     ),
+    "a fraction of a GPU above one": (
+        lambda w: ["run", w.config_with("g1.yaml", ray={"gpus_per_trial": 1.5})],
+        "ray.gpus_per_trial: 1.5: a trial shares one GPU (a fraction up to 1) or holds whole GPUs",
+    ),
+    "GPU trials on a Ray without GPUs": (
+        lambda w: ["run", w.config_with("g2.yaml", ray={"gpus_per_trial": 0.5})],
+        "ray.gpus_per_trial: 0.5, but this machine has 0 GPUs; use 0 to run the trials on CPUs",
+    ),
+    "students timed on CUDA where there is none": (
+        lambda w: ["run", w.config_with("cu.yaml", final__latency={"device": "cuda"})],
+        "final.latency.device: cuda, but this machine has no CUDA device",
+    ),
     "a PostgreSQL server that does not answer (its password hidden)": (
         lambda w: ["run", w.config_with("pg.yaml", storage={"url": "postgresql://u:secret@127.0.0.1:1/x"})],
         "storage.url 'postgresql://u:***@127.0.0.1:1/x': cannot open (OperationalError",
