@@ -36,7 +36,6 @@ import argparse
 import copy
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -50,8 +49,10 @@ from distilnas.distill.config import DistillSettings
 from distilnas.distill.data import LengthBucketBatches, PackedRows, tokenize_split
 from distilnas.distill.distiller import CachedTeacher, Distiller, LiveTeacher
 from distilnas.distill.glue import get_task
+from distilnas.distill.measure import device_name, stopwatch
 from distilnas.distill.teacher import load_encoder, load_tokenizer, resolve
 from distilnas.distill.teacher_cache import TeacherCache, teacher_cache
+from distilnas.distill.utils import default_device
 from distilnas.spaces.mapping import LayerMapping
 
 SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
@@ -61,17 +62,16 @@ ROWS = {"embedding_updates": "rows"}
 """The word-embedding table trained by the rows a batch has (not the default: it changes what is learned)."""
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Dense matmul throughput of this machine at ``dtype`` (median of repeats)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_gflops(dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
+    """Dense matmul throughput of this device at ``dtype`` (median of repeats; 2048^3 on a CPU, 8192^3 on
+    a GPU, which a smaller product leaves idle)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    clock = stopwatch(device)
     for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        clock(lambda: a @ b)
+    ms = statistics.median(clock(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / (ms / 1000) / 1e9
 
 
 Batch = dict[str, torch.Tensor]
@@ -96,7 +96,9 @@ class TextBrewerRunner(Runner):
 
         self.name = name
         implementation = "eager" if attention else "sdpa"  # HF returns attention probabilities in eager only
-        teacher = copy.deepcopy(teacher).eval()
+        device = default_device()
+        teacher = copy.deepcopy(teacher).to(device).eval()
+        student = student.to(device)
         teacher.set_attn_implementation(implementation)
         student.set_attn_implementation(implementation)
         self.student = student.train()
@@ -127,7 +129,7 @@ class TextBrewerRunner(Runner):
             }
 
         self.distiller = GeneralDistiller(
-            TrainingConfig(device="cpu", log_dir=None),
+            TrainingConfig(device=str(device), log_dir=None),
             DistillationConfig(intermediate_matches=matches, kd_loss_weight=0, hard_label_weight=0),
             teacher,
             student,
@@ -159,17 +161,18 @@ class TextBrewerRunner(Runner):
 
 
 class TimedCache(CachedTeacher):
-    """The cache, with the time each read takes."""
+    """The cache, with the time each read takes (on a GPU, until its copy to the device has landed)."""
 
     def __init__(self, cache) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cache)
-        self.seconds: list[float] = []
+        self.ms: list[float] = []
+        self.clock = stopwatch(default_device())
 
     def views(self, rows, batch, hidden, qkv):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        out = super().views(rows, batch, hidden, qkv)
-        self.seconds.append(time.perf_counter() - start)
-        return out
+        read = super().views
+        out = []
+        self.ms.append(self.clock(lambda: out.append(read(rows, batch, hidden, qkv))))
+        return out[0]
 
 
 class DistilnasRunner(Runner):
@@ -232,7 +235,8 @@ def main() -> None:
     consecutive = [
         list(range(i, i + args.batch_size)) for i in range(0, n * args.batch_size, args.batch_size)
     ]
-    peak = {False: matmul_gflops(torch.float32), True: matmul_gflops(torch.bfloat16)}
+    device = default_device()
+    peak = {False: matmul_gflops(torch.float32, device), True: matmul_gflops(torch.bfloat16, device)}
     depth = teacher.config.num_hidden_layers
     chosen = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
@@ -262,6 +266,7 @@ def main() -> None:
         rate_table.add_column(col, justify="right")
 
     auto = "fp32"
+    clock = stopwatch(device)
     for layers, hidden, heads in chosen:
         shape = BertShape.like(teacher.config, layers, hidden)
         if heads:
@@ -294,14 +299,12 @@ def main() -> None:
 
         def step_of(runner: Runner, rows: list[int]) -> float:
             batch = packed.batch(rows)
-            start = time.perf_counter()
-            runner.step(rows, batch)
-            return time.perf_counter() - start
+            return clock(lambda: runner.step(rows, batch)) / 1000
 
         for runner, batches in runners:
             for rows in batches[: args.warmup]:
                 step_of(runner, rows)
-        timed_cache.seconds.clear()
+        timed_cache.ms.clear()
         for r in range(args.rounds):
             lo = args.warmup + r * args.steps
             for runner, batches in runners:
@@ -319,11 +322,12 @@ def main() -> None:
             gflops = flops / (ms[runner.name] / 1000) / 1e9
             of_bf16 = f", {100 * gflops / peak[True]:.0f}% of bf16" if runner.bf16 else ""
             cells.append(f"{gflops:.0f} ({100 * gflops / peak[False]:.0f}%{of_bf16})")
-        read = 1000 * statistics.median(timed_cache.seconds)
+        read = statistics.median(timed_cache.ms)
         rate_table.add_row(name, *cells, f"{read:.1f} ms ({100 * read / ms['cache']:.0f}%)")
     caption = (
-        f"matmul 2048^3: fp32 {peak[False]:.0f} GFLOP/s, bf16 {peak[True]:.0f} GFLOP/s; "
-        f"threads {torch.get_num_threads()}; medians of {args.rounds} alternating rounds x "
+        f"{device_name(device)}; matmul: fp32 {peak[False]:.0f} GFLOP/s, bf16 {peak[True]:.0f} GFLOP/s; "
+        f"threads {torch.get_num_threads()}; TextBrewer in fp32 (it has no bf16 autocast); "
+        f"medians of {args.rounds} alternating rounds x "
         f"{args.steps} steps after {args.warmup} warm-up; live and cache at precision auto ({auto} here)"
     )
     times_table.caption = caption
