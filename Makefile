@@ -8,9 +8,23 @@ STAMP := $(VENV)/.installed-stamp
 export GLUE_DIR ?= $(abspath ../shared/data/glue)
 export DISTILNAS_CORPUS_DIR ?= $(abspath ../shared/data/corpus)
 
-.PHONY: install test test-slow demo lint clean
+.PHONY: install install-gpu test test-slow demo lint clean
 
 install: $(STAMP)
+
+# The CUDA build of the pinned torch. PyPI's Linux torch wheels are CUDA builds (CUDA 13 for 2.13), so a
+# GPU host's `make install` already has one; this replaces a CPU build (a find-links wheel, as on the dev
+# machines: find-links point at an empty folder here) with PyPI's, or with TORCH_INDEX's CUDA version
+# (e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu126 make install-gpu).
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+TORCH_INDEX ?= https://pypi.org/simple
+install-gpu: $(STAMP)
+	mkdir -p $(VENV)/no-find-links
+	PIP_FIND_LINKS=$(abspath $(VENV))/no-find-links $(BIN)/python -m pip install -q -c constraints.txt \
+	  --force-reinstall --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple \
+	  "torch==$(TORCH_VERSION)"
+	$(BIN)/python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, \
+	  'GPUs', torch.cuda.device_count())"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
