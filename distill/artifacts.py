@@ -23,7 +23,11 @@ from pathlib import Path
 from filelock import FileLock
 
 from distilnas.distill.errors import UserError
+from distilnas.distill.remote import Remote, is_uri
 from distilnas.distill.utils import atomic_dir
+
+COMPLETE = ".distilnas-complete"
+"""Written last into a folder published at a URI."""
 
 ADDED: Counter[str] = Counter()
 """Cache folders this process has added (``kind/name``, e.g. ``teacher-outputs/<fingerprint>``): built
@@ -60,11 +64,11 @@ class Shelf:
     """The run storage's copies of the driver's cache folders that trials read."""
 
     root: str
-    """``<output_dir>/artifacts``: every node reaches it."""
+    """``<output_dir>/artifacts``: every node reaches it (a shared folder, or a URI)."""
     cache_dir: str
     """The driver's cache root; each node's own cache is at the same path, on its own disk."""
 
-    def place(self, folder: str | Path) -> Path:
+    def place(self, folder: str | Path) -> str:
         """Where ``folder`` (in the cache) is kept on the shelf."""
         try:
             rel = Path(folder).resolve().relative_to(Path(self.cache_dir).resolve())
@@ -72,14 +76,24 @@ class Shelf:
             raise UserError(
                 f"{folder}: not in the cache {self.cache_dir} (only its folders travel)"
             ) from None
-        return Path(self.root) / rel
+        return (
+            Remote(self.root).child(rel.as_posix()).uri if is_uri(self.root) else str(Path(self.root) / rel)
+        )
+
+    def on_shelf(self, place: str) -> bool:
+        """Whether ``place`` holds a whole folder (at a URI, its marker is written last)."""
+        return Remote(place).child(COMPLETE).is_file() if is_uri(place) else Path(place).is_dir()
 
     def publish(self, folder: str | Path) -> None:
         """Put a cache folder on the shelf (once: a folder already there is the same, by its name)."""
         place = self.place(folder)
-        if place.is_dir():
+        if self.on_shelf(place):
             return
-        with atomic_dir(place) as tmp:
+        if is_uri(place):  # no atomic rename there: the marker says the copy is whole
+            Remote(place).upload(Path(folder))
+            Remote(place).child(COMPLETE).write_text("")
+            return
+        with atomic_dir(Path(place)) as tmp:
             copy_tree(Path(folder), tmp)
 
     def fetch(self, folder: str | Path) -> str:
@@ -89,12 +103,17 @@ class Shelf:
         if path.is_dir():
             return str(folder)
         place = self.place(path)
-        if not place.is_dir():
-            raise UserError(f"{place}: the run storage lacks {path.name}, which trials read (published?)")
+        if not self.on_shelf(place):
+            shown = Remote(place).base if is_uri(place) else place
+            raise UserError(f"{shown}: the run storage lacks {path.name}, which trials read (published?)")
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not path.is_dir():
                 with atomic_dir(path) as tmp:
-                    copy_tree(place, tmp)
+                    if is_uri(place):
+                        Remote(place).download(tmp)
+                        (tmp / COMPLETE).unlink()
+                    else:
+                        copy_tree(Path(place), tmp)
                 added(path)
         return str(folder)

@@ -115,9 +115,10 @@ class PreparedData:
         folders = [t.teacher_path for t in self.tasks] + [t.store for t in self.tasks if t.store]
         return folders + ([self.corpus.data] if self.corpus else [])
 
-    def published(self, root: Path) -> PreparedData:
-        """Put what travels on the run storage's shelf ``root``, for trials on other nodes."""
-        shelf = Shelf(str(root), self.cache_dir)
+    def published(self, root: str) -> PreparedData:
+        """Put what travels on the run storage's shelf ``root`` (a folder or a URI), for trials on other
+        nodes."""
+        shelf = Shelf(root, self.cache_dir)
         for folder in self.travelling():
             shelf.publish(folder)
         return replace(self, shelf=str(root))
@@ -206,7 +207,7 @@ def prepare(
     train_limit: int | None,
     task_caches: bool,
     student: StudentSpec | None = None,
-    shelf: Path | None = None,
+    shelf: str | None = None,
 ) -> PreparedData:
     """Prepare every input once (see the module docstring); importance is saved in ``out_dir``.
 

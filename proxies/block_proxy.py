@@ -89,7 +89,7 @@ def prepare_block_proxy(
     cache_dir: Path,
     out_dir: Path,
     seed: int,
-    shelf: Path | None = None,
+    shelf: str | None = None,
 ) -> BlockProxy:
     """Sample and tokenize the corpus, cache the teacher's hidden states on it; paths are absolute.
     ``shelf``: a folder of the run storage to publish the sample to (a cluster run)."""
@@ -114,9 +114,9 @@ def prepare_block_proxy(
         max_length=max_length,
         pad_id=int(tok.pad_token_id or 0),
         seed=seed,
-        shelf=str(shelf) if shelf is not None else "",
+        shelf=shelf or "",
     )
     if shelf is not None:
-        Shelf(str(shelf), str(cache_dir)).publish(data)
+        Shelf(shelf, str(cache_dir)).publish(data)
     atomic_write_json(out_dir / "proxy.json", proxy.to_json())
     return proxy

@@ -71,7 +71,7 @@ def prepare_proxy(
     out_dir: Path,
     mode: str,
     seed: int,
-    shelf: Path | None = None,
+    shelf: str | None = None,
 ) -> PreparedProxy:
     """Fine-tuned teachers, token data, importance and teacher-output caches for the proxy setting
     (``shelf``: where a cluster run publishes what trials read)."""

@@ -25,6 +25,7 @@ from distilnas.distill.config import (
     describe,
 )
 from distilnas.distill.errors import ConfigError
+from distilnas.distill.remote import Remote, is_uri
 from distilnas.distill.utils import default_cache_dir, fingerprint, read_text
 from distilnas.proxies.config import FidelityConfig, ProxyConfig
 
@@ -256,7 +257,24 @@ class RunConfig(Strict):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
     output_dir: Path = Path("runs/default")
+    """The run folder. On a cluster: a shared disk's path, or a URI (``s3://bucket/runs/demo``, any
+    filesystem pyarrow opens, its query configuring it): the run is then kept there (``run_storage``) and
+    worked on in a local copy under the cache, which this field then names."""
+    run_storage: str | None = None
+    """The URI the run is kept at (set from a URI ``output_dir``); empty: the run folder alone."""
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_storage(cls, data: Any) -> Any:
+        """A URI ``output_dir`` becomes ``run_storage``, and ``output_dir`` the run's local copy."""
+        if isinstance(data, dict) and is_uri(data.get("output_dir")):
+            uri = str(data["output_dir"])
+            if data.get("run_storage") not in (None, uri):
+                raise ValueError(f"output_dir {uri!r} and run_storage {data['run_storage']!r} differ")
+            cache = (data.get("data") or {}).get("cache_dir") or default_cache_dir()
+            data = {**data, "run_storage": uri, "output_dir": str(local_copy(uri, Path(cache)))}
+        return data
 
     @property
     def cache_dir(self) -> Path:
@@ -266,6 +284,13 @@ class RunConfig(Strict):
         """A fingerprint of every setting, to tell one run's folder from another's. Empty settings are
         left out, so a new optional setting (empty by default) keeps older runs resumable."""
         return fingerprint(self.model_dump(mode="json", exclude_none=True))
+
+
+def local_copy(uri: str, cache_dir: Path) -> Path:
+    """Where a run kept at ``uri`` is worked on: a folder of the cache named by the URI."""
+    base = Remote(uri).base
+    scheme, _, rest = base.partition("://")
+    return cache_dir / "runs" / f"{scheme}-{Path(rest).name or 'run'}-{fingerprint(base)[:10]}"
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

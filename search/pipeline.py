@@ -22,6 +22,7 @@ from distilnas.results.export import export_students, export_targets
 from distilnas.results.report import write_run_report
 from distilnas.results.table import front_hypervolume, results_table, write_table
 from distilnas.search.config import RunConfig
+from distilnas.search.mirror import push_run
 from distilnas.search.rundir import Folder, RunFolder
 from distilnas.search.stages.final import run_final, scored
 from distilnas.search.stages.joint import run_joint_search
@@ -92,13 +93,17 @@ def run_pipeline(cfg: RunConfig, resume: bool = False, address: str | None = Non
     if cfg.final.mapping_search:
         log.info("stage 2/4: layer-mapping search")
         search = search_stage(cfg, run.mapping, run_mapping_search, address)
+        push_run(cfg)  # a run kept at a URI: each finished stage is there
     if "joint" in cfg.final.students:
         log.info("stage 2/4: joint search of shape and mapping")
         search_stage(cfg, run.joint, run_joint_search, address)
+        push_run(cfg)
     if "supernet" in cfg.final.students:
         log.info("stage 2/4: architecture (supernet) search")
         search_stage(cfg, run.supernet, run_supernet_search, address)
+        push_run(cfg)
     log.info("stage 3/4: final distillation")
     run_final(cfg, search, storage, address)
+    push_run(cfg)
     log.info("stage 4/4: results, exports, report")
     return finish(cfg, run, search, run.exports)

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import socket
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import DataError, UserError
 from distilnas.distill.glue import get_task, load_split, task_folder
 from distilnas.distill.losses import teacher_fields
+from distilnas.distill.remote import Remote
 from distilnas.distill.students import StudentSpec, student_spec
 from distilnas.distill.teacher import WEIGHT_FILES, check_weights, model_config, resolve
 from distilnas.results.storage import shown
 from distilnas.search.config import RunConfig
+from distilnas.search.mirror import pull_run
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.final import hand_student
 from distilnas.search.stages.joint import joint_space
@@ -52,6 +55,23 @@ def writable(path: Path, what: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what}: {path} cannot be created or written ({parent} is not a writable folder)")
+
+
+def run_folder(cfg: RunConfig) -> None:
+    """``output_dir`` can be written; for a run kept at a URI, the run storage answers and can be written
+    (a probe file, removed), and the run's local copy is then made equal to it, so that the checks of
+    the folder that follow see the run as it is kept."""
+    if cfg.run_storage:
+        remote = Remote(cfg.run_storage)
+        probe = remote / f".distilnas-probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_text("")
+            probe.delete()
+        except OSError as exc:
+            reason = str(exc).splitlines()[0]
+            raise UserError(f"output_dir {remote.base}: cannot write there ({reason})") from None
+        pull_run(cfg)
+    writable(cfg.output_dir, "output_dir")
 
 
 def teacher_config(cfg: RunConfig) -> PretrainedConfig:
@@ -155,7 +175,8 @@ def ray_up(cfg: RunConfig, address: str | None) -> None:
         teacher = Path(resolve(cfg.teacher.name).location)
         if teacher.is_dir():  # a folder (or the alias's package): students start from its weights
             readable["teacher.name"] = teacher
-        check_nodes({"output_dir": cfg.output_dir}, readable, {"data.cache_dir": cfg.cache_dir})
+        run_storage = cfg.run_storage or cfg.output_dir
+        check_nodes({"output_dir": run_storage}, readable, {"data.cache_dir": cfg.cache_dir})
 
 
 def enough_gpus(per_trial: float, gpus: float, where: str) -> None:
@@ -303,7 +324,7 @@ def mapping_space(cfg: RunConfig, tcfg: PretrainedConfig) -> None:
 
 def check_mapping_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
     """``distilnas search mapping`` (and the mapping search of ``distilnas run``)."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     RunFolder.of(cfg).mapping.check(cfg, resume)
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
@@ -313,7 +334,7 @@ def check_mapping_search(cfg: RunConfig, resume: bool, address: str | None) -> N
 
 def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
     """``distilnas search joint``: the joint space and its budgets, then what the mapping search needs."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     RunFolder.of(cfg).joint.check(cfg, resume)
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
@@ -359,7 +380,7 @@ def proxy_inputs(cfg: RunConfig, tcfg: PretrainedConfig, address: str | None) ->
 
 def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> None:
     """``distilnas search supernet`` (and the supernet search of ``distilnas run``)."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     checked_space(cfg)
     RunFolder.of(cfg).supernet.check(cfg, resume)
     tcfg = teacher_config(cfg)
@@ -377,7 +398,7 @@ def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> 
 
 def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     """``distilnas run``: every stage the config asks for, before the first teacher is trained."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     run = RunFolder.of(cfg)
     run.check(cfg, resume)
     tcfg = teacher_config(cfg)
@@ -430,7 +451,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
 
 def check_distill(cfg: RunConfig, tasks: list[str]) -> None:
     """``distilnas distill``."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     tcfg = teacher_config(cfg)
     spec = student(cfg, tcfg)
     configured_mapping(cfg, tcfg)
@@ -446,6 +467,6 @@ def check_distill(cfg: RunConfig, tasks: list[str]) -> None:
 
 def check_teacher(cfg: RunConfig, tasks: list[str]) -> None:
     """``distilnas teacher``."""
-    writable(cfg.output_dir, "output_dir")
+    run_folder(cfg)
     teacher_config(cfg)
     splits(cfg, "--task", tasks)

@@ -167,6 +167,8 @@ class Folder:
         what a name stands for (:func:`made_from`); None when they agree."""
         recorded = self._recorded()
         old, new = recorded["config"], cfg.model_dump(mode="json")
+        if old.get("run_storage") and old.get("run_storage") == new.get("run_storage"):
+            old, new = {**old, "output_dir": None}, {**new, "output_dir": None}  # each machine's own copy
         for section in self.inputs or ("",):
             a: Any = old
             b: Any = new

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from distilnas.search.mirror import local_run
+
 app = typer.Typer(
     name="distilnas",
     help="Compress BERT-family models: search layer mappings and architectures on proxies, then distil.",
@@ -54,7 +56,14 @@ GlueDirOpt = Annotated[
         "--glue-dir", help="Local GLUE folder (glue_data layout). Default: $GLUE_DIR, else the HF hub."
     ),
 ]
-RunOpt = Annotated[Path, typer.Argument(metavar="RUN", help="A run folder (the config's output_dir).")]
+RunOpt = Annotated[
+    Path,
+    typer.Argument(
+        metavar="RUN",
+        parser=local_run,
+        help="A run folder (the config's output_dir); a URI is copied into the cache first.",
+    ),
+]
 
 
 def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:

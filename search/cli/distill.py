@@ -10,6 +10,7 @@ import typer
 from distilnas.search.cli import render
 from distilnas.search.cli.app import JsonOpt, app, emit, setup_logging
 from distilnas.search.config import load_config
+from distilnas.search.mirror import mirrored
 from distilnas.search.preflight import check_distill
 from distilnas.search.stages.distill import distill_student, with_overrides
 
@@ -37,6 +38,7 @@ def distill(
     cfg = with_overrides(load_config(config), student, mapping)
     check_distill(cfg, task)  # before anything is written, a log included
     setup_logging(cfg.output_dir / "logs" / "distill.log")
-    out = distill_student(cfg, task, baseline)
+    with mirrored(cfg):
+        out = distill_student(cfg, task, baseline)
     title = f"student {out.spec.name} ({out.folder.name}), dev"
     emit(out.to_json(), as_json, render.distilled(title, out.tasks, baseline))

@@ -21,6 +21,7 @@ from distilnas.search.cli.app import GlueDirOpt, JsonOpt, app, emit, glue_dir_or
 from distilnas.search.config import load_config
 from distilnas.search.inspect import inspect as inspect_student
 from distilnas.search.inspect import load_student_file
+from distilnas.search.mirror import mirrored
 from distilnas.search.pipeline import fine_tuned
 from distilnas.search.preflight import check_teacher
 
@@ -50,9 +51,11 @@ def teacher(
     cfg = load_config(config)
     check_teacher(cfg, task)  # before anything is written, a log included
     setup_logging(cfg.output_dir / "logs" / "teacher.log")
+    with mirrored(cfg):  # the log
+        teachers = fine_tuned(cfg, task)
     results: dict[str, Any] = {
         name: {"metrics": ft.metrics, "path": str(ft.path), "cached": cached, "fingerprint": ft.fingerprint}
-        for name, (ft, cached) in fine_tuned(cfg, task).items()
+        for name, (ft, cached) in teachers.items()
     }
     average = glue_average({k: v["metrics"] for k, v in results.items()})
     name = resolve(cfg.teacher.name).name

@@ -22,6 +22,7 @@ from distilnas.search.cli.app import (
     stdout_to_stderr,
 )
 from distilnas.search.config import load_config
+from distilnas.search.mirror import mirrored
 from distilnas.search.pipeline import finish, run_pipeline
 from distilnas.search.preflight import check_run
 from distilnas.search.rundir import RunFolder
@@ -49,7 +50,7 @@ def run(
     with stdout_to_stderr():
         check_run(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).log)
-    with stdout_to_stderr():
+    with stdout_to_stderr(), mirrored(cfg):
         out = run_pipeline(cfg, resume=resume, address=address)
     show_run(out, as_json, f"distilnas run {cfg.output_dir}: dev scores")
 
@@ -62,7 +63,7 @@ def export(
 ) -> None:
     """Export the run's Pareto-front students as model folders named with their figures."""
     setup_logging()
-    cfg = RunFolder(run_dir).recorded_config().model_copy(update={"output_dir": run_dir})
+    cfg = RunFolder(run_dir).recorded_config().model_copy(update={"output_dir": run_dir, "run_storage": None})
     run = RunFolder.of(cfg)
     if not run.final.finished:
         raise UserError(f"{run_dir}: the final stage has not finished (no final/results.json)")

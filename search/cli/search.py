@@ -22,6 +22,7 @@ from distilnas.search.cli.app import (
     stdout_to_stderr,
 )
 from distilnas.search.config import load_config
+from distilnas.search.mirror import mirrored
 from distilnas.search.preflight import check_joint_search, check_mapping_search, check_supernet_search
 from distilnas.search.rundir import RunFolder
 from distilnas.search.stages.fidelity import run_fidelity
@@ -52,7 +53,7 @@ def search_mapping(
     with stdout_to_stderr():
         check_mapping_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).mapping / "search.log")
-    with stdout_to_stderr():
+    with stdout_to_stderr(), mirrored(cfg):
         results = run_mapping_search(cfg, resume=resume, address=address)
     emit(results, as_json, render.mapping_search(results))
 
@@ -77,7 +78,7 @@ def search_joint(
     with stdout_to_stderr():
         check_joint_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).joint / "search.log")
-    with stdout_to_stderr():
+    with stdout_to_stderr(), mirrored(cfg):
         results = run_joint_search(cfg, resume=resume, address=address)
     emit(results, as_json, render.joint_search(results))
 
@@ -97,7 +98,7 @@ def search_supernet(
     with stdout_to_stderr():
         check_supernet_search(cfg, resume, address)  # before anything is written, a log included
     setup_logging(RunFolder.of(cfg).supernet / "search.log")
-    with stdout_to_stderr():
+    with stdout_to_stderr(), mirrored(cfg):
         results = run_supernet_search(cfg, resume=resume, address=address)
     emit(results, as_json, render.supernet_search(results))
 

@@ -12,6 +12,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distilnas.distill.errors import UserError
+from distilnas.distill.remote import Remote, is_uri
 from distilnas.search.config import RayConfig
 
 PROBE_SECONDS = 120.0
@@ -26,10 +27,30 @@ class RaySession:
     """The cluster's address, when one was joined."""
 
 
-def shelf(folder: Path) -> Path | None:
-    """``folder`` (the run folder's artifacts) when Ray is a cluster's: the driver publishes there what
-    trials read from its cache (:mod:`distilnas.distill.artifacts`); None when Ray runs here alone."""
-    return folder.resolve() if RaySession.joined else None
+class RunStorage:
+    """The run kept at a URI that this process works on in a local copy (:mod:`distilnas.search.mirror`);
+    None: the run folder is all there is."""
+
+    local: Path | None = None
+    uri: str | None = None
+
+
+def remote_of(path: Path) -> str | None:
+    """The URI of ``path`` in the run storage, for a path in the local copy of a run kept at a URI."""
+    if RunStorage.local is None or RunStorage.uri is None:
+        return None
+    try:
+        rel = path.resolve().relative_to(RunStorage.local)
+    except ValueError:
+        return None
+    return Remote(RunStorage.uri).child(rel.as_posix()).uri
+
+
+def shelf(folder: Path) -> str | None:
+    """``folder`` (the run folder's artifacts; at the run storage's URI for a run kept at one) when Ray
+    is a cluster's: the driver publishes there what trials read from its cache
+    (:mod:`distilnas.distill.artifacts`); None when Ray runs here alone."""
+    return (remote_of(folder) or str(folder.resolve())) if RaySession.joined else None
 
 
 def init_ray(
@@ -116,17 +137,19 @@ def look(
         except OSError as exc:
             return f"cannot write in {probe.parent} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, token) in writable.items():
-        probe = Path(folder) / f".distilnas-probe-{token}"
+        place: Path | Remote = Remote(folder) if is_uri(folder) else Path(folder)
+        shown = Remote(folder).base if is_uri(folder) else folder
+        seen, reason = "", ""
         try:
-            seen = probe.read_text(encoding="utf-8")
-        except OSError:
-            seen = ""
-        if seen != token:
-            return f"does not see {field} {folder} (the driver's probe file there is missing)", field
-        try:
-            (Path(folder) / f".distilnas-probe-{token}-{node}").write_text(token, encoding="utf-8")
+            seen = (place / f".distilnas-probe-{token}").read_text(encoding="utf-8")
         except OSError as exc:
-            return f"cannot write in {field} {folder} ({type(exc).__name__}: {exc.strerror or exc})", field
+            reason = f"; {str(exc).splitlines()[0]}" if is_uri(folder) else ""
+        if seen != token:
+            return f"does not see {field} {shown} (the driver's probe file there is missing{reason})", field
+        try:
+            (place / f".distilnas-probe-{token}-{node}").write_text(token, encoding="utf-8")
+        except OSError as exc:
+            return f"cannot write in {field} {shown} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, driver) in readable.items():
         try:
             here = [tuple(x) for x in listing(Path(folder))]
@@ -138,25 +161,26 @@ def look(
 
 
 def check_nodes(
-    writable: dict[str, Path], readable: dict[str, Path], local: dict[str, Path] | None = None
+    writable: dict[str, Path | str], readable: dict[str, Path], local: dict[str, Path] | None = None
 ) -> None:
     """Every alive node of the cluster sees the run's folders as a trial there needs them: ``writable``
-    folders (the run storage) are the driver's storage there and writable; ``readable`` ones (GLUE, the
-    teacher) hold the same files; ``local`` ones (the cache: each node's own) can be written. One line
-    naming the first node that does not, before any work; the probe's files are removed."""
+    folders (the run storage: a shared folder, or a URI) are the driver's storage there and writable;
+    ``readable`` ones (GLUE, the teacher) hold the same files; ``local`` ones (the cache: each node's
+    own) can be written. One line naming the first node that does not, before any work; the probe's
+    files are removed."""
     own = {field: str(path.resolve()) for field, path in (local or {}).items()}
     token = uuid.uuid4().hex
-    folders = {field: anchor(path) for field, path in writable.items()}
-    made: list[Path] = []
+    folders = {f: Remote(str(p)) if is_uri(p) else anchor(Path(p)) for f, p in writable.items()}
+    nodes = [n for n in ray.nodes() if n["Alive"]]
     try:
         for folder in folders.values():
-            probe = folder / f".distilnas-probe-{token}"
-            probe.write_text(token, encoding="utf-8")
-            made.append(probe)
-        wants = {f: (str(folder), token) for f, folder in folders.items()}
+            (folder / f".distilnas-probe-{token}").write_text(token, encoding="utf-8")
+        wants = {
+            f: (folder.uri if isinstance(folder, Remote) else str(folder), token)
+            for f, folder in folders.items()
+        }
         shows = {f: (str(p.resolve()), listing(p.resolve())) for f, p in readable.items()}
         task = ray.remote(num_cpus=0, max_retries=0)(look)
-        nodes = [n for n in ray.nodes() if n["Alive"]]
         pending = {
             task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
                 wants, shows, own
@@ -194,6 +218,10 @@ def check_nodes(
                     "filesystem every node mounts"
                 )
     finally:
-        for probe in made:
-            for p in probe.parent.glob(f"{probe.name}*"):
-                p.unlink(missing_ok=True)
+        names = [f".distilnas-probe-{token}", *(f".distilnas-probe-{token}-{n['NodeID']}" for n in nodes)]
+        for folder in folders.values():
+            for name in names:
+                if isinstance(folder, Remote):
+                    (folder / name).delete()
+                else:
+                    (folder / name).unlink(missing_ok=True)

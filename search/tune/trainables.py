@@ -21,7 +21,7 @@ from ray import tune
 
 from distilnas.distill import artifacts
 from distilnas.search.config import RayConfig
-from distilnas.search.tune.cluster import trial_slots
+from distilnas.search.tune.cluster import remote_of, trial_slots
 from distilnas.search.tune.searchers import JobSearcher, StrategySearcher, TimedSearcher
 
 
@@ -122,7 +122,7 @@ def run_trials(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            storage_path=str((folder / "ray").resolve()),
+            storage_path=remote_of(folder / "ray") or str((folder / "ray").resolve()),
             name=name,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=0,

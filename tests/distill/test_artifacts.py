@@ -46,8 +46,8 @@ def shelf(tmp_path: Path) -> Published:
 
 def test_a_node_without_a_folder_copies_it_from_the_shelf_once(shelf: Published) -> None:
     s, folder, original = shelf
-    assert tree(s.place(folder)) == original
-    assert s.place(folder) == Path(s.root) / "tokenized" / "corpus-abc"
+    assert tree(Path(s.place(folder))) == original
+    assert Path(s.place(folder)) == Path(s.root) / "tokenized" / "corpus-abc"
     assert s.fetch(folder) == str(folder)
     assert tree(folder) == original
     assert artifacts.drain() == {"tokenized/corpus-abc": 1}
@@ -86,7 +86,7 @@ def test_a_node_without_the_drivers_cache_distils_to_the_same_numbers(
     cache, shelf = tmp_path / "cache", tmp_path / "run" / "artifacts"
     data = prepare(
         teacher, DISTILL, ["rte"], texts, glue_dir, cache, tmp_path / "run", 0,
-        corpus_fraction=1.0, train_limit=32, task_caches=True, shelf=shelf,
+        corpus_fraction=1.0, train_limit=32, task_caches=True, shelf=str(shelf),
     )  # fmt: skip
     assert data.shelf == str(shelf)
     assert len(data.travelling()) == 2  # the fine-tuned teacher and the corpus sample
