@@ -4,10 +4,13 @@ one way tests run the ``distilnas`` command (``cli``)."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
-from helpers import CORPUS, GLUE, VOCAB, Cli, Ran, run_process, save_tiny_bert
+from helpers import CORPUS, GLUE, VOCAB, Cli, Ran, run_process, s3_server, save_tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -96,3 +99,20 @@ def sentences(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     lines = (CORPUS / "wikisplit" / "tune.tsv").read_text(encoding="utf-8").splitlines()[:96]
     texts = [line.split("\t")[0] for line in lines]
     return tokenize_texts(texts, wordpiece_tokenizer(VOCAB), 32, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The query that points a run-storage URI at an S3 server of the test session's own."""
+    pytest.importorskip("moto.server", reason="moto (the dev extra) serves S3 here")
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture()
+def s3_folder(s3_endpoint: str) -> str:
+    """A URI of an empty folder in a bucket of its own, on the session's S3 server."""
+    bucket = f"t{uuid.uuid4().hex[:12]}"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?{s3_endpoint}&allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    return f"s3://{bucket}/runs/a?{s3_endpoint}"

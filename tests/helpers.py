@@ -239,6 +239,37 @@ def dump_dom(url: str) -> str:
     return page.stdout
 
 
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """An S3 server of its own on 127.0.0.1 and a free port (moto's, the one S3 implementation pip
+    installs: S3 itself and MinIO cannot run here), with the credentials every process of the test
+    inherits; yields the endpoint for run-storage URIs (``s3://bucket/x?endpoint_override=...``)."""
+    port = free_port()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="distilnas",
+        AWS_SECRET_ACCESS_KEY="distilnas",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",  # no credential lookups on a cloud's metadata address
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the S3 server did not start"
+                time.sleep(0.2)
+        yield f"endpoint_override=127.0.0.1:{port}&scheme=http"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def postgres_bin() -> Path | None:
     """The folder of PostgreSQL's server programs: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
     found = shutil.which("pg_ctl")

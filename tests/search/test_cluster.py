@@ -24,6 +24,7 @@ from helpers import run_process, save_tiny_bert
 from test_search_cli import config
 
 from distilnas.distill.errors import UserError
+from distilnas.distill.remote import Remote
 from distilnas.search.tune import check_nodes
 
 
@@ -40,8 +41,9 @@ needs_namespace = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[str, Path, str]]:
-    """(address, a folder the second node sees as empty but for a read-only ``ro``, its node ID)."""
+def cluster(s3_endpoint: str) -> Iterator[tuple[str, Path, str]]:
+    """(address, a folder the second node sees as empty but for a read-only ``ro``, its node ID). Both
+    nodes have the S3 server's credentials (``s3_endpoint`` set them before the nodes start)."""
     from ray.cluster_utils import Cluster
 
     hidden = Path(tempfile.mkdtemp(prefix="distilnas-hidden-", dir="/tmp"))
@@ -108,6 +110,23 @@ def test_a_node_without_the_run_folder_is_named(cluster: tuple[str, Path, str], 
     # a read-only input (GLUE) that the node lists otherwise: there the folder is an empty tmpfs
     with pytest.raises(UserError, match=rf"\({second[:8]}\): sees data.glue_dir {hidden} unlike the driver"):
         check_nodes({"output_dir": tmp_path / "run"}, {"data.glue_dir": hidden})
+
+
+@needs_namespace
+def test_run_storage_at_a_uri_is_probed_on_every_node(
+    cluster: tuple[str, Path, str], tmp_path: Path, s3_folder: str
+) -> None:
+    """S3 reaches every node; a ``file://`` URI of the driver's disk does not reach the second node."""
+    check_nodes({"output_dir": s3_folder}, {}, {"data.cache_dir": tmp_path})
+    assert Remote(s3_folder).files() == {}  # the probe's files are gone
+    _, hidden, second = cluster
+    uri = f"file://{hidden}/runs"
+    with pytest.raises(UserError) as err:
+        check_nodes({"output_dir": uri}, {}, {"data.cache_dir": tmp_path})
+    assert f"({second[:8]}): does not see output_dir {uri} (the driver's probe file there is missing" in str(
+        err.value
+    )
+    assert list((hidden / "runs").iterdir()) == []
 
 
 @needs_namespace
@@ -193,3 +212,37 @@ def test_a_mapping_search_on_two_nodes_uses_both_and_finds_what_one_node_finds(
     shelf = tmp_path / "two" / "run" / "artifacts"
     assert sorted(p.name for p in shelf.iterdir()) == ["teachers", "tokenized"]
     assert not (tmp_path / "one" / "run" / "artifacts").exists()  # Ray here alone: nothing travels
+
+
+@needs_namespace
+@pytest.mark.slow
+def test_a_mapping_search_kept_at_a_uri_runs_on_both_nodes_without_a_shared_disk(
+    cluster: tuple[str, Path, str], tmp_path: Path, glue_dir: Path, corpus_dir: Path, s3_folder: str
+) -> None:
+    """The run storage is S3; the second node sees neither the driver's cache nor its run folder: what
+    its trials read comes from the URI, Ray Tune's records go there, and the search finds what one node
+    finds with a local run folder."""
+    address, hidden, second = cluster
+    teacher = save_tiny_bert(tmp_path / "teacher", layers=4)
+    found = {}
+    for where, output in (("two", f"'{s3_folder}'"), ("one", str(tmp_path / "one" / "run"))):
+        (tmp_path / where).mkdir()
+        cfg = config(tmp_path / where, teacher, glue_dir, corpus_dir)
+        text = cfg.read_text().replace(str(tmp_path / where / "cache"), str(hidden / f"{where}-uri-cache"))
+        cfg.write_text(text.replace(f"output_dir: {tmp_path / where / 'run'}", f"output_dir: {output}"))
+        args = ["search", "mapping", str(cfg), "--json"] + (["--address", address] if where == "two" else [])
+        proc = run_process(*args, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        found[where] = json.loads(proc.stdout)
+    nodes = found["two"]["ray"]["trials_per_node"]
+    assert len(nodes) == 2 and any(f"({second[:8]})" in n for n in nodes) and min(nodes.values()) >= 1
+    assert found["two"]["best"] == found["one"]["best"]
+    assert found["two"]["exhaustive"]["ranked"] == found["one"]["exhaustive"]["ranked"]
+    [there] = [n for n in found["two"]["ray"]["cache_added_per_node"] if f"({second[:8]})" in n]
+    copied = found["two"]["ray"]["cache_added_per_node"][there]
+    travelled = [k for k in copied if k.startswith(("teachers/", "tokenized/corpus-"))]
+    assert len(travelled) == 2 and set(copied.values()) == {1}  # the fine-tuned teacher, the corpus sample
+    files = Remote(s3_folder).files()
+    assert all(f"artifacts/{k}/.distilnas-complete" in files for k in travelled)
+    assert any(f.startswith("search-mapping/ray/search/") for f in files)
+    assert json.loads(Remote(s3_folder).child("search-mapping/results.json").read_text()) == found["two"]
