@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SYNCED = ".distilnas-synced.json"
 Seen = dict[str, list[int]]
-"""Relative path -> [size, the run storage's modification time, the local copy's (ns)]."""
+"""Relative path -> [size, the run storage's modification time, the local copy's (ns)] at the last sync."""
 
 
 class Mirror:
@@ -66,8 +66,8 @@ class Mirror:
         moved = 0
         for rel, (size, mtime) in sorted(there.items()):
             was = seen.get(rel)
-            if rel in here and was and (was[0], was[1]) == (size, mtime) and here[rel] == (size, was[2]):
-                continue
+            if rel in here and was and (was[0], was[1]) == (size, mtime):
+                continue  # unchanged there since the last sync: the copy's file (maybe newer) stays
             target = self.local / rel
             self.remote.child(rel).download(target)
             seen[rel] = [size, mtime, target.stat().st_mtime_ns]
@@ -80,24 +80,32 @@ class Mirror:
         return moved
 
     def push(self) -> int:
-        """Bring the run storage up to date with the copy; returns how many files went up."""
+        """Bring the run storage up to date with the copy; returns how many files went up. A failure
+        says where the run's changes are: what went up is recorded, so the next push sends the rest."""
         if not self.local.is_dir():
             return 0
         seen, here = self._seen(), self._local_files()
         moved = 0
-        for rel, (size, mtime) in sorted(here.items()):
-            was = seen.get(rel)
-            if was and (was[0], was[2]) == (size, mtime):
-                continue
-            place = self.remote.child(rel)
-            place.upload(self.local / rel)
-            fs, path = place.open()
-            seen[rel] = [size, int(fs.get_file_info(path).mtime_ns or 0), mtime]
-            moved += 1
-        for rel in [r for r in seen if r not in here]:  # removed here (a replaced checkpoint, say)
-            self.remote.child(rel).delete()
-            del seen[rel]
-        atomic_write_json(self.local / SYNCED, seen)
+        try:
+            for rel, (size, mtime) in sorted(here.items()):
+                was = seen.get(rel)
+                if was and (was[0], was[2]) == (size, mtime):
+                    continue
+                place = self.remote.child(rel)
+                place.upload(self.local / rel)
+                fs, path = place.open()
+                seen[rel] = [size, int(fs.get_file_info(path).mtime_ns or 0), mtime]
+                moved += 1
+            for rel in [r for r in seen if r not in here]:  # removed here (a replaced checkpoint, say)
+                self.remote.child(rel).delete()
+                del seen[rel]
+        except OSError as exc:
+            raise UserError(
+                f"output_dir {self.remote.base}: the run's changes could not be copied there "
+                f"({str(exc).splitlines()[0]}); they are in {self.local}: --resume copies them"
+            ) from None
+        finally:
+            atomic_write_json(self.local / SYNCED, seen)
         return moved
 
 
@@ -125,10 +133,17 @@ def mirrored(cfg: RunConfig) -> Iterator[None]:
     RunStorage.local, RunStorage.uri = cfg.output_dir.resolve(), cfg.run_storage
     try:
         yield
-    finally:
-        RunStorage.local = RunStorage.uri = None
+    except BaseException:
+        try:  # what finished before the error is kept there too; the error itself is what is reported
+            push_run(cfg)
+        except UserError as exc:
+            log.warning("%s", exc)
+        raise
+    else:
         push_run(cfg)
         log.info("run kept at %s", Remote(cfg.run_storage).base)
+    finally:
+        RunStorage.local = RunStorage.uri = None
 
 
 def local_run(run: str) -> Path:

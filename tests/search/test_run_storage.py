@@ -12,6 +12,7 @@ import pytest
 from helpers import run_process
 from test_search_cli import config
 
+from distilnas.distill.errors import UserError
 from distilnas.distill.remote import Remote
 from distilnas.search.config import RunConfig, local_copy
 from distilnas.search.mirror import SYNCED, Mirror
@@ -68,6 +69,21 @@ def test_push_and_pull_move_what_changed_and_mirror_removals(s3_folder: str, tmp
         "config.json": b'{"hash": "bc"}',
         "final/results.json": b'{"done": true}',
     }
+    # a change the copy has not pushed yet (the driver stopped) survives a pull, and goes up next
+    (local / "final" / "results.json").write_text('{"done": "again"}')
+    assert mirror.pull() == 1  # config.json changed there: it comes down
+    assert (local / "final" / "results.json").read_text() == '{"done": "again"}'
+    assert (local / "config.json").read_text() == '{"hash": "bc"}'
+    assert mirror.push() == 1
+    assert (remote / "final" / "results.json").read_text() == '{"done": "again"}'
+
+
+def test_a_push_that_fails_says_where_the_changes_are(tmp_path: Path) -> None:
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "results.json").write_text("{}")
+    uri = "s3://b/run?endpoint_override=127.0.0.1:1&scheme=http&connect_timeout=1&request_timeout=1"
+    with pytest.raises(UserError, match=r"output_dir s3://b/run: the run's changes could not be copied"):
+        Mirror(tmp_path / "copy", uri).push()
 
 
 def test_a_mapping_search_kept_at_a_uri_resumes_from_it_alone(
