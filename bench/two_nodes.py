@@ -8,7 +8,11 @@ with both CPUs, so both settings have two trial slots. Each setting starts from 
 teacher is fine-tuned, the caches built, as in a first run). Prints wall times and their ratio, the trials
 and cache folders per node, and whether both found the same mapping.
 
-    python bench/two_nodes.py [--teacher minilm-l6] [--rounds 1] [--json]
+With ``--run-storage URI`` (``s3://bucket/bench?endpoint_override=...``, credentials in the environment)
+the two-node search keeps its run at the URI (a folder under it per search), so nothing travels through
+a shared disk; the one-node search keeps its local run folder.
+
+    python bench/two_nodes.py [--teacher minilm-l6] [--rounds 1] [--run-storage URI] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 import ray
 from rich.console import Console
 from rich.table import Table
+
+from distilnas.distill.remote import Remote
 
 CONFIG = """
 teacher:
@@ -62,11 +68,12 @@ def start_second_node(address: str, hidden: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def search(folder: Path, cache: Path, teacher: str, address: str | None) -> dict[str, Any]:
+def search(folder: Path, cache: Path, teacher: str, address: str | None, out: str = "") -> dict[str, Any]:
     folder.mkdir(parents=True)
     cfg = folder / "search.yaml"
     glue, corpus = os.environ["GLUE_DIR"], os.environ["DISTILNAS_CORPUS_DIR"]
-    cfg.write_text(CONFIG.format(teacher=teacher, glue=glue, corpus=corpus, cache=cache, out=folder / "run"))
+    out = f"'{out}'" if out else str(folder / "run")
+    cfg.write_text(CONFIG.format(teacher=teacher, glue=glue, corpus=corpus, cache=cache, out=out))
     args = [sys.executable, "-m", "distilnas", "search", "mapping", str(cfg), "--json"]
     args += ["--address", address] if address else []
     start = time.perf_counter()
@@ -74,8 +81,7 @@ def search(folder: Path, cache: Path, teacher: str, address: str | None) -> dict
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"the search failed ({'two' if address else 'one'} node(s)):\n{proc.stderr[-3000:]}")
-    results = json.loads((folder / "run" / "search-mapping" / "results.json").read_text())
-    return {"wall": wall, "results": results}
+    return {"wall": wall, "results": json.loads(proc.stdout)}
 
 
 def made_by_kind(added: dict[str, int]) -> str:
@@ -90,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="minilm-l6")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of both settings")
+    parser.add_argument("--run-storage", default="", help="a URI the two-node search keeps its run at")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if os.getuid() != 0 or shutil.which("unshare") is None:
@@ -112,7 +119,8 @@ def main() -> None:
             for name in ("two nodes", "one node") if r % 2 == 0 else ("one node", "two nodes"):
                 tag = f"{name.replace(' ', '-')}-{r}"
                 address = head.address if name == "two nodes" else None
-                runs[name].append(search(root / tag, hidden / f"{tag}-cache", args.teacher, address))
+                out = f"{Remote(args.run_storage).child(tag).uri}" if address and args.run_storage else ""
+                runs[name].append(search(root / tag, hidden / f"{tag}-cache", args.teacher, address, out))
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(timeout=60)
@@ -132,7 +140,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    table = Table(title=f"mapping search, {args.teacher}, medians of {args.rounds} round(s)")
+    kept = f"; two nodes' run kept at {Remote(args.run_storage).base}" if args.run_storage else ""
+    table = Table(title=f"mapping search, {args.teacher}, medians of {args.rounds} round(s){kept}")
     for col in ("setting", "process wall s", "Ray wall s", "trials per node", "cache folders made per node"):
         table.add_column(col)
     for name, f in figures.items():
