@@ -211,6 +211,11 @@ def check_nodes(
                     f"{where}: {field} {own[field]}: {problem}: trials there build their caches in it; "
                     "make it a writable folder on every node"
                 )
+            if problem and isinstance(folders.get(field), Remote):
+                raise UserError(
+                    f"{where}: {problem}: trials there would fail; give every node the run storage's "
+                    "network and credentials"
+                )
             if problem:
                 fields = ", ".join([*folders, *readable])
                 raise UserError(

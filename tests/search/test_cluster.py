@@ -126,6 +126,7 @@ def test_run_storage_at_a_uri_is_probed_on_every_node(
     assert f"({second[:8]}): does not see output_dir {uri} (the driver's probe file there is missing" in str(
         err.value
     )
+    assert "give every node the run storage's network and credentials" in str(err.value)
     assert list((hidden / "runs").iterdir()) == []
 
 
