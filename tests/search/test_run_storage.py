@@ -15,7 +15,7 @@ from test_search_cli import config
 from distilnas.distill.errors import UserError
 from distilnas.distill.remote import Remote
 from distilnas.search.config import RunConfig, local_copy
-from distilnas.search.mirror import SYNCED, Mirror
+from distilnas.search.mirror import SYNCED, Mirror, local_run
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -76,6 +76,16 @@ def test_push_and_pull_move_what_changed_and_mirror_removals(s3_folder: str, tmp
     assert (local / "config.json").read_text() == '{"hash": "bc"}'
     assert mirror.push() == 1
     assert (remote / "final" / "results.json").read_text() == '{"done": "again"}'
+
+
+def test_a_run_argument_may_be_a_uri(s3_folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``distilnas report s3://...`` and the other readers: the run is copied into the cache first."""
+    monkeypatch.setenv("DISTILNAS_CACHE", str(tmp_path / "cache"))
+    (Remote(s3_folder) / "final" / "results.json").write_text('{"students": []}')
+    local = local_run(s3_folder)
+    assert local == local_copy(s3_folder, tmp_path / "cache")
+    assert (local / "final" / "results.json").read_text() == '{"students": []}'
+    assert local_run(str(tmp_path / "run")) == tmp_path / "run"  # a folder is itself
 
 
 def test_a_push_that_fails_says_where_the_changes_are(tmp_path: Path) -> None:
