@@ -188,7 +188,7 @@ def enough_gpus(per_trial: float, gpus: float, where: str) -> None:
         )
 
 
-def serving_device(cfg: RunConfig) -> None:
+def latency_device(cfg: RunConfig) -> None:
     """``final.latency.device: cuda`` needs CUDA on the machine that times the students (this one)."""
     if cfg.final.latency.device == "cuda" and not torch.cuda.is_available():
         raise UserError(
@@ -339,7 +339,7 @@ def check_joint_search(cfg: RunConfig, resume: bool, address: str | None) -> Non
     tcfg = teacher_config(cfg)
     student(cfg, tcfg)
     joint_budgets(cfg, tcfg)
-    serving_device(cfg)
+    latency_device(cfg)
     proxy_inputs(cfg, tcfg, address)
 
 
@@ -388,7 +388,7 @@ def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> 
     cache = corpus_cache(
         texts, cfg.search.supernet.corpus_fraction, cfg.distill.max_length, frozenset({"hidden"}), "corpus"
     )
-    serving_device(cfg)
+    latency_device(cfg)
     storage(cfg.storage.url)
     disk(cfg, tcfg, [cache])
     ray_reachable(address or cfg.ray.address)  # Ray starts after the latency table is timed, not beside it
@@ -443,7 +443,7 @@ def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:
     for stage in (run.mapping, run.joint, run.supernet):
         if stage.started:
             stage.check_inputs(cfg)  # reused or resumed only when made from the same inputs
-    serving_device(cfg)
+    latency_device(cfg)
     storage(cfg.storage.url)
     disk(cfg, tcfg, caches)
     ray_up(cfg, address)
