@@ -48,15 +48,9 @@ class Remote:
         except (OSError, ValueError) as exc:
             raise OSError(f"{self.base}: cannot open ({str(exc).splitlines()[0]})") from None
 
-    def kind(self) -> pafs.FileType:
-        fs, path = self.open()
-        return fs.get_file_info(path).type
-
     def is_file(self) -> bool:
-        return self.kind() == pafs.FileType.File
-
-    def is_dir(self) -> bool:
-        return self.kind() == pafs.FileType.Directory
+        fs, path = self.open()
+        return fs.get_file_info(path).type == pafs.FileType.File
 
     def read_bytes(self) -> bytes:
         fs, path = self.open()

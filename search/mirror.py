@@ -81,21 +81,20 @@ class Mirror:
 
     def push(self) -> int:
         """Bring the run storage up to date with the copy; returns how many files went up. A failure
-        says where the run's changes are: what went up is recorded, so the next push sends the rest."""
+        says where the run's changes are; the next push sends what was not recorded as sent."""
         if not self.local.is_dir():
             return 0
         seen, here = self._seen(), self._local_files()
-        moved = 0
+        sent: list[str] = []
         try:
             for rel, (size, mtime) in sorted(here.items()):
                 was = seen.get(rel)
-                if was and (was[0], was[2]) == (size, mtime):
-                    continue
-                place = self.remote.child(rel)
-                place.upload(self.local / rel)
-                fs, path = place.open()
-                seen[rel] = [size, int(fs.get_file_info(path).mtime_ns or 0), mtime]
-                moved += 1
+                if not (was and (was[0], was[2]) == (size, mtime)):
+                    self.remote.child(rel).upload(self.local / rel)
+                    sent.append(rel)
+            there = self.remote.files() if sent else {}  # one listing gives what was sent its time there
+            for rel in sent:
+                seen[rel] = [here[rel][0], there[rel][1], here[rel][1]]
             for rel in [r for r in seen if r not in here]:  # removed here (a replaced checkpoint, say)
                 self.remote.child(rel).delete()
                 del seen[rel]
@@ -106,7 +105,7 @@ class Mirror:
             ) from None
         finally:
             atomic_write_json(self.local / SYNCED, seen)
-        return moved
+        return len(sent)
 
 
 def pull_run(cfg: RunConfig) -> None:

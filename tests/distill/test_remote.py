@@ -31,9 +31,10 @@ def test_uris_and_paths_are_told_apart() -> None:
 
 def test_files_and_folders_round_trip(s3_folder: str, tmp_path: Path) -> None:
     remote = Remote(s3_folder)
-    assert remote.files() == {} and not remote.is_dir()
+    assert remote.files() == {} and not (remote / "notes" / "a.txt").is_file()
     (remote / "notes" / "a.txt").write_text("héllo")
-    assert (remote / "notes" / "a.txt").read_text() == "héllo" and (remote / "notes").is_dir()
+    assert (remote / "notes" / "a.txt").read_text() == "héllo" and (remote / "notes" / "a.txt").is_file()
+    assert not (remote / "notes").is_file()  # a folder
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "data.bin").write_bytes(os.urandom(3000))
@@ -49,7 +50,8 @@ def test_files_and_folders_round_trip(s3_folder: str, tmp_path: Path) -> None:
     assert set(remote.files()) == {"folder/data.bin", "folder/sub/state.json"}
 
 
-def test_a_server_that_does_not_answer_is_an_error_naming_the_uri() -> None:
+def test_a_server_that_does_not_answer_is_an_os_error() -> None:
+    """(The commands name the URI in their one line: test_run_storage.py.)"""
     remote = Remote("s3://b/x?endpoint_override=127.0.0.1:1&scheme=http&connect_timeout=1&request_timeout=1")
     with pytest.raises(OSError):
         (remote / "f").write_text("x")
