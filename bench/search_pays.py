@@ -38,21 +38,23 @@ from distilnas.search.config import load_config
 from distilnas.search.pipeline import run_pipeline
 
 
-def one_seed(config: Path, seed: int) -> tuple[dict[str, Any], float]:
-    """The run of ``config`` at ``seed`` (read back when finished) and the wall seconds it has taken, over
-    every call that worked on it (``bench-wall.json`` in its folder)."""
+def one_seed(config: Path, seed: int) -> tuple[list[dict[str, Any]], float]:
+    """The results table of ``config``'s run at ``seed`` (read back when finished) and the wall seconds it
+    has taken, over every call that worked on it (``bench-wall.json`` in its folder)."""
     cfg = load_config(config)
     cfg = cfg.model_copy(update={"seed": seed, "output_dir": cfg.output_dir / f"seed{seed}"})
     wall = cfg.output_dir / "bench-wall.json"
     spent = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
-    finished = (cfg.output_dir / "results" / "results.json").is_file()
+    finished = cfg.output_dir / "results" / "results.json"
+    if finished.is_file():
+        models = json.loads(finished.read_text())["models"]
+        return [{k: v for k, v in m.items() if k != "metrics"} for m in models], spent
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Ray Tune prints its banner: keep stdout for the table
         result = run_pipeline(cfg, resume=(cfg.output_dir / "config.json").is_file())
-    if not finished:
-        spent += time.perf_counter() - start
-        atomic_write_json(wall, {"seconds": spent})
-    return result, spent
+    spent += time.perf_counter() - start
+    atomic_write_json(wall, {"seconds": spent})
+    return list(result["table"]), spent
 
 
 def interval(p: dict[str, Any]) -> str:
@@ -61,12 +63,11 @@ def interval(p: dict[str, Any]) -> str:
     return f"{p['mean']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]" + (" *" if p["low"] > 0 else "")
 
 
-def show(summary: dict[str, Any], runs: dict[int, list[dict[str, Any]]], walls: dict[int, float]) -> None:
+def show(
+    summary: dict[str, Any], runs: dict[int, list[dict[str, Any]]], walls: dict[int, float], tasks: list[str]
+) -> None:
     console = Console(width=200)
     seeds = summary["seeds"]
-    tasks = [k for k in runs[seeds[0]][0] if k not in {
-        "model", "kind", "origin", "mapping", "shape", "params", "latency_ms", "speedup", "glue", "pareto",
-    }]  # fmt: skip
     table = Table(title=f"every student, every seed (GLUE dev; {', '.join(tasks)})")
     for col in ("seed", "student", "origin", "shape", "params", "latency", *tasks, "GLUE avg"):
         table.add_column(col)
@@ -134,13 +135,12 @@ def main() -> None:
 
     runs, walls = {}, {}
     for seed in args.seeds:
-        result, walls[seed] = one_seed(config, seed)
-        runs[seed] = result["table"]
+        runs[seed], walls[seed] = one_seed(config, seed)
     summary = compare_runs(runs)
     if args.json:
         print(json.dumps({"summary": summary, "runs": runs, "wall_seconds": walls}, indent=1))
         return
-    show(summary, runs, walls)
+    show(summary, runs, walls, list(load_config(config).final.tasks))
 
 
 if __name__ == "__main__":

@@ -430,7 +430,8 @@ def deployed(model: NasBertModel | NasBertForSequenceClassification) -> PreTrain
     target: Any = type(model)(cfg)
     source = model.state_dict()
     prefix = "nas_bert." if isinstance(model, NasBertForSequenceClassification) else ""
-    state = {k: v for k, v in source.items() if k in target.state_dict()}
+    keys = target.state_dict().keys()
+    state = {k: v for k, v in source.items() if k in keys}
 
     def fused(outer: str, inner: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``outer`` after ``inner`` as one linear map (computed in float64, then the model's dtype)."""

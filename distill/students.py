@@ -298,8 +298,7 @@ class StudentKind:
         general = folder / "general"
         if not (general / "config.json").is_file():
             return None
-        source = ModelSource(str(general), str(general), True, True)
-        return timed(self.deployed(load_encoder(source, attention="sdpa")), latency)
+        return timed(serving_encoder(ModelSource(str(general), str(general), True, True)), latency)
 
     def architecture_record(self, record: StudentRecord) -> dict[str, Any]:
         s = record.spec
@@ -565,6 +564,12 @@ BY_MODEL_TYPE: dict[str, StudentKind] = {k.model_type: k for k in KINDS.values()
 
 def kind_of(spec: StudentSpec) -> StudentKind:
     return next(k for k in KINDS.values() if k.applies(spec))
+
+
+def serving_encoder(source: ModelSource, allow_random: bool = False) -> PreTrainedModel:
+    """A saved encoder as it is served and timed: SDPA attention, in its kind's deployed form."""
+    model = load_encoder(source, allow_random=allow_random, attention="sdpa")
+    return kind_of_model(model).deployed(model)
 
 
 def kind_of_model(model: PreTrainedModel | PretrainedConfig, strict: bool = False) -> StudentKind:

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pandas as pd
 from scipy import stats
 
 from distilnas.results.pareto import hypervolume
+from distilnas.results.table import REFERENCE, objectives
 
 TOLERANCE = 0.10
 BASELINES = ("uniform", "last", "random")
@@ -78,11 +80,8 @@ def matched(
 def front_hypervolume(rows: Sequence[dict[str, Any]], teacher: dict[str, Any]) -> float:
     """Hypervolume of ``rows`` on (GLUE up, parameters down, latency down), normalised by the teacher,
     on the results table's reference point (GLUE 0, the teacher's size, the teacher's latency)."""
-    points = [
-        (-r["glue"] / 100, r["params"] / teacher["params"], r["latency_ms"] / teacher["latency_ms"])
-        for r in rows
-    ]
-    return hypervolume(points, (0.0, 1.0, 1.0))
+    points = objectives(pd.DataFrame(list(rows)), teacher["params"], teacher["latency_ms"])
+    return hypervolume(points, REFERENCE)
 
 
 def origins(row: dict[str, Any]) -> set[str]:
@@ -202,7 +201,7 @@ def compare_runs(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
         },
         "dominance": {f: r.dominance(f) for f in fronts},
         "hypervolume": {
-            g: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "per_seed": v}
+            g: dict(zip(("mean", "std"), mean_std(v), strict=True)) | {"per_seed": v}
             for g, v in r.hypervolumes().items()
         },
     }

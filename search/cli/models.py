@@ -14,7 +14,8 @@ from distilnas.distill.glue import get_task
 from distilnas.distill.measure import count_parameters, profile
 from distilnas.distill.metrics import glue_average
 from distilnas.distill.recipes import evaluate_model
-from distilnas.distill.teacher import check_weights, load_encoder, resolve
+from distilnas.distill.students import serving_encoder
+from distilnas.distill.teacher import check_weights, resolve
 from distilnas.distill.utils import default_cache_dir
 from distilnas.search.cli import render
 from distilnas.search.cli.app import GlueDirOpt, JsonOpt, app, emit, glue_dir_or_env, setup_logging
@@ -138,7 +139,8 @@ def latency(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure latency (trimmed mean of forward passes), parameters and FLOPs of MODEL's encoder."""
+    """Measure latency (trimmed mean of forward passes), parameters and FLOPs of MODEL's encoder as it is
+    served (SDPA attention; a NAS-BERT student in its deployed form)."""
     setup_logging()
     positive(
         ("--repeats", repeats),
@@ -151,7 +153,7 @@ def latency(
     if threads is not None:
         torch.set_num_threads(threads)
     source = resolve(model)
-    net = load_encoder(source, allow_random=True, attention="sdpa")  # as deployed
+    net = serving_encoder(source, allow_random=True)
     within_positions(net, seq_len)
     params = count_parameters(net)
     rows = profile(net, batch or [1, 32], seq_len, warmup, repeats, trim)

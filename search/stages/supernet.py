@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 
 from distilnas.distill.corpus import load_corpus
 from distilnas.distill.errors import UserError
-from distilnas.distill.measure import count_parameters, device_name, serving_device, timed
+from distilnas.distill.measure import device_name, serving_device, timed
 from distilnas.distill.nas_bert import DEPLOYED, NasBertModel, deployed
 from distilnas.distill.teacher import load_tokenizer, model_config, resolve
 from distilnas.distill.utils import atomic_dir, atomic_write_json, fingerprint
@@ -446,4 +446,4 @@ def extract_student(run_dir: Path, path_text: str, to: Path) -> dict[str, Any]:
     with atomic_dir(to) as tmp:
         model.save_pretrained(tmp)
         load_tokenizer(resolve(cfg.teacher.name)).save_pretrained(tmp)
-    return {"path": NasSpace.format(path), "params": count_parameters(deployed(model))}  # as deployed
+    return {"path": NasSpace.format(path), "params": space.params(path)}  # as deployed (exact)
