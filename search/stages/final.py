@@ -62,8 +62,9 @@ def chosen_students(
     cfg: RunConfig, run: RunFolder, mapping_results: dict[str, Any] | None
 ) -> list[StudentRecord]:
     """The searched mapping, then the uniform, last-layers and random-search baselines (as configured),
-    then the hand-designed students and the joint and supernet searches' fronts; a mapping chosen twice
-    is one student with both origins."""
+    then the hand-designed students and the joint and supernet searches' fronts; a student chosen twice
+    (the same shape, start and mapping: a mapping found twice, or a hand-designed shape equal to
+    ``distill.student``) is one student with both origins, distilled once."""
     tcfg = model_config(resolve(cfg.teacher.name))
     n = int(tcfg.num_hidden_layers)
     s = cfg.distill.student
@@ -78,17 +79,18 @@ def chosen_students(
             wanted.append((kind, LayerMapping.uniform(s.layers, n)))
         elif kind == "last":
             wanted.append((kind, LayerMapping.last(s.layers, n)))
-    students: dict[str, StudentRecord] = {}
-    for origin, mapping in wanted:
-        key = str(mapping)
+    records = [StudentRecord(f"{spec.name}_{o}", spec, s.init, str(m), [o]) for o, m in wanted]
+    records += [hand_student(cfg, tcfg, shape) for shape in cfg.final.hand_designed]
+    students: dict[tuple[StudentSpec, str, str], StudentRecord] = {}
+    for record in records:
+        key = (record.spec, record.init, record.mapping)
         if key in students:
-            students[key].origin.append(origin)
-            continue
-        students[key] = StudentRecord(f"{spec.name}_{origin}", spec, s.init, key, [origin])
-    hand = [hand_student(cfg, tcfg, shape) for shape in cfg.final.hand_designed]
+            students[key].origin.extend(record.origin)
+        else:
+            students[key] = record
     nas = supernet_students(cfg, run, n) if "supernet" in cfg.final.students else []
     joint = joint_students(cfg, run, tcfg) if "joint" in cfg.final.students else []
-    return [*students.values(), *hand, *joint, *nas]
+    return [*students.values(), *joint, *nas]
 
 
 def hand_student(cfg: RunConfig, tcfg: PretrainedConfig, shape: StudentShape) -> StudentRecord:

@@ -135,3 +135,10 @@ def test_hand_designed_and_random_search_students(tmp_path: Path) -> None:
     assert chosen[0].origin == ["searched", "uniform", "random"] and len(chosen) == 3
     with pytest.raises(UserError, match="'random' needs a finished mapping search"):  # a GA without it
         chosen_students(cfg, run, {"mode": "ga", "best": {"mapping": "3,4/4"}})
+    # a hand-designed shape that is distill.student's, uniform-mapped, is the uniform student: once
+    same = parse_config(
+        cfg.model_dump(mode="json")
+        | {"final": {"students": ["uniform", "hand"], "hand_designed": [{"layers": 2}]}}
+    )
+    [student] = chosen_students(same, run, None)
+    assert (student.name, student.mapping, student.origin) == ("2L-32_uniform", "2,4/4", ["uniform", "hand"])
