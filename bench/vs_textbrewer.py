@@ -11,8 +11,10 @@ gradient clipping at 1. Each step is timed from the batch to the zeroed gradient
   DataLoader with a padding collator, as TextBrewer's examples have it);
 - TextBrewer on distilnas' length-bucketed batches (identical batches from here on);
 - distilnas with the live teacher, and with the teacher-output cache, at its default settings
-  (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the cache at fp32; the cache
-  with ``embedding_updates: rows``. A tree without a setting (the code before a change) skips its column.
+  (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the cache with a dense
+  word-embedding gradient and fused AdamW over the whole table (``dense`` as it was computed before
+  :class:`~distilnas.distill.optim.TableAdamW`); the cache at fp32; the cache with
+  ``embedding_updates: rows``. A tree without a setting (the code before a change) skips its column.
 
 distilnas has glibc keep freed memory for reuse (``keep_freed_memory``, set by its first ``Distiller``
 for the whole process), so TextBrewer here runs with it too: faster than in a process of its own (run
@@ -59,6 +61,9 @@ SHAPES = ((2, 128, None), (4, 256, None), (2, 192, 12), (4, 384, 12))
 """(layers, hidden, heads): heads None is the teacher's head size; 12 heads adds attention MSE."""
 LR, WEIGHT_DECAY, TOTAL_STEPS = 1e-4, 0.01, 10_000
 ROWS = {"embedding_updates": "rows"}
+DENSE_TABLE = "cache dense table"
+"""The cache with a dense word-embedding gradient and plain fused AdamW (what ``dense`` was on CPU before
+:class:`~distilnas.distill.optim.TableAdamW` computed its update from the rows)."""
 """The word-embedding table trained by the rows a batch has (not the default: it changes what is learned)."""
 
 
@@ -240,7 +245,13 @@ def main() -> None:
     depth = teacher.config.num_hidden_layers
     chosen = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
 
-    distilnas = {"live": {}, "cache": {}, "cache fp32": {"precision": "fp32"}, "cache rows": ROWS}
+    distilnas = {
+        "live": {},
+        "cache": {},
+        DENSE_TABLE: {},
+        "cache fp32": {"precision": "fp32"},
+        "cache rows": ROWS,
+    }
     known = {k: v for k, v in distilnas.items() if set(v) <= set(DistillSettings.model_fields)}
     brewers = ("TextBrewer consecutive", "TextBrewer bucketed")
     times_table = Table(
@@ -293,6 +304,8 @@ def main() -> None:
                 else CachedTeacher(cache)
             )
             d = Distiller(student(), source, pairs, settings(losses, extra))
+            if key == DENSE_TABLE:  # the table's gradient dense, as before TableAdamW's exact rows
+                d.student.get_input_embeddings().sparse = False
             runners.append((DistilnasRunner(key, d), bucketed))
             auto = "bf16" if key == "cache" and runners[-1][0].bf16 else auto
         times: dict[str, list[float]] = {r.name: [] for r, _ in runners}

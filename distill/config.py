@@ -189,8 +189,9 @@ class DistillSettings(Strict):
     """Matrix products of the student (and a live teacher) in bf16 autocast, weights and optimizer in
     fp32; ``auto``: bf16 where the device has it natively (CUDA, CPUs with AVX512-BF16 or AMX)."""
     embedding_updates: Literal["dense", "rows"] = "dense"
-    """``rows``: the word-embedding table is trained by the rows each batch has, the others waiting
-    (LazyAdam; :mod:`distilnas.distill.optim`), not by a dense pass over all of them."""
+    """``dense``: every row of the word-embedding table gets AdamW's update (on CPU computed from the
+    rows batches have touched, to fp32 rounding); ``rows``: only the rows each batch has, the others
+    waiting (LazyAdam, which learns differently; :mod:`distilnas.distill.optim`)."""
     seed: int = 0
 
 

@@ -1,21 +1,33 @@
-"""The distiller's optimizer: AdamW, and optionally a word-embedding table trained by the rows a batch has.
+"""The distiller's optimizer: AdamW, with the word-embedding table updated from a sparse gradient.
 
 A BERT student's word embeddings are most of its parameters (30522 rows: 3.9M of a 2L-128 student's
-4.3M), yet a batch of 32 sentences touches a few hundred rows. Dense, every step writes a zero gradient
-for the whole table, and AdamW and clipping pass over all of it. With ``embedding_updates: rows`` the
-table's gradient is sparse (``nn.Embedding(sparse=True)``) and :class:`RowAdamW` updates only the rows in
-it, as TensorFlow's LazyAdam does: those rows get exactly AdamW's update, weight decay included, while
-the others (their weights and moments) wait until a batch has them instead of decaying. That is a change
-of what is learned, so it is a setting, checked on dev scores by seed (``bench/step_quality.py``).
+4.3M), yet a batch of 32 sentences touches a few hundred rows. With a dense gradient every step writes
+zeros for the whole table, and clipping and AdamW pass over all of it. With a sparse one
+(``nn.Embedding(sparse=True)``) :class:`TableAdamW` updates the table in one of two ways:
+
+- exact (``embedding_updates: dense``, on CPU): every row gets AdamW's own update. A row no batch has
+  touched yet has zero moments, so its update is the weight decay alone, which one multiply of the
+  table gives. The touched rows (at most a run's vocabulary: 11.6k of 30522 rows for SST-2 train) get
+  the full update in one fused AdamW call, their moments kept packed. Only the summation order may
+  differ from a dense step (fp32 rounding; ``tests/distill/test_step_speed.py`` states the tolerance).
+  On a GPU the distiller keeps the dense gradient: its step is bound by kernel launches, which the
+  rows' bookkeeping would add to.
+- lazy (``embedding_updates: rows``): only the rows in the batch are updated, as TensorFlow's LazyAdam
+  does: their weights and moments wait, undecayed, until a batch has them. That is a change of what is
+  learned, so it is a setting, checked on dev scores by seed (``bench/step_quality.py``).
+
+``state_dict`` writes the state as AdamW's (``step``, full-table ``exp_avg`` and ``exp_avg_sq``): a
+checkpoint is the same whichever way the table was trained, and one of a dense AdamW (written before
+the table was trained by rows) resumes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 
 def adamw(
@@ -28,43 +40,152 @@ def adamw(
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-class RowAdamW(torch.optim.AdamW):
-    """AdamW (fused for dense gradients) that updates a parameter with a sparse gradient by its rows only.
+class TableAdamW(torch.optim.AdamW):
+    """Fused AdamW that updates a parameter with a sparse gradient (a table) by its rows: exactly (every
+    row gets AdamW's update) or, with ``lazy``, only the rows in the gradient (LazyAdam).
 
-    A sparse parameter's state has AdamW's names and types (``step``, ``exp_avg``, ``exp_avg_sq``), so
-    ``state_dict`` and checkpoints hold it as they hold any other; its step counts the steps it was
-    updated, which is every step, since a batch always has some rows.
+    A table's moments are kept for its touched rows only, packed in the order the rows came (so the
+    exact update reads them without gathering); :meth:`state_dict` writes them as AdamW's full tables.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, lazy: bool = False
+    ) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+        self.lazy = lazy
+        self._tables: dict[torch.Tensor, _Rows] = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
-                    self._rows_step(p, group)
+                    self._table_step(p, group)
                     p.grad = None  # the fused step below skips it
         return super().step(closure)
 
-    def _rows_step(self, p: torch.Tensor, group: dict) -> None:
-        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        grad = p.grad.coalesce()  # type: ignore[union-attr]
+    def state_dict(self) -> dict:
+        packed = super().state_dict()
+        ids = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        for p, state in self.state.items():
+            if "rows" in state:  # a new dict: packed["state"] shares this optimizer's own
+                packed["state"][ids[id(p)]] = _Rows.expanded(state, p)
+        return packed
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._tables.clear()  # packed again from the loaded AdamW state at the next step
+
+    def _table_step(self, p: torch.Tensor, group: dict) -> None:
+        grad = p.grad.coalesce()  # type: ignore[union-attr]  # repeated rows summed, as dense
         rows, g = grad.indices()[0], grad.values()
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        t = float(state["step"])
-        m = state["exp_avg"][rows].lerp_(g, 1 - beta1)
-        v = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        state["exp_avg"][rows] = m
-        state["exp_avg_sq"][rows] = v
-        denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-        p[rows] = (p[rows] * (1 - lr * decay)).addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        table = self._tables.get(p)
+        if table is None:
+            table = self._tables[p] = _Rows(self.state[p], p)
+        at = table.add(rows)
+        if self.lazy:
+            weights = p.index_select(0, rows)
+            m, v = table.avg.index_select(0, at), table.avg_sq.index_select(0, at)
+            _adamw(weights, g, m, v, table.step, group, group["weight_decay"])
+            p.index_copy_(0, rows, weights)
+            table.avg.index_copy_(0, at, m)
+            table.avg_sq.index_copy_(0, at, v)
+            return
+        if group["weight_decay"]:  # every row decays; a never-touched row's update is that alone
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        n = len(table.rows)
+        weights = p.index_select(0, table.rows)
+        grads = torch.zeros_like(weights)
+        grads.index_copy_(0, at, g)
+        _adamw(weights, grads, table.avg[:n], table.avg_sq[:n], table.step, group, 0.0)
+        p.index_copy_(0, table.rows, weights)
+
+
+class _Rows:
+    """A table's AdamW state by rows: the rows touched so far (some batch has had them), in the order
+    they came, and their moments packed in that order (row i of ``avg`` is ``rows[i]``'s); a row never
+    touched has zero moments. Lives in the optimizer's state as ``step``, ``rows``, ``row_avg`` and
+    ``row_avg_sq``; a loaded AdamW state (full ``exp_avg`` tables) is packed at its first step."""
+
+    def __init__(self, state: dict, p: torch.Tensor) -> None:
+        if "rows" not in state:
+            full = state.pop("exp_avg", None), state.pop("exp_avg_sq", None)
+            state.setdefault("step", torch.zeros((), dtype=torch.float32, device=p.device))
+            state["rows"] = torch.empty(0, dtype=torch.long, device=p.device)
+            state["row_avg"], state["row_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            if full[0] is not None and full[1] is not None:
+                m, v = full
+                rows = ((m != 0) | (v != 0)).any(1).nonzero().flatten()
+                state["rows"] = rows
+                state["row_avg"][: len(rows)] = m[rows]
+                state["row_avg_sq"][: len(rows)] = v[rows]
+        self.state = state
+        self.position = torch.full((p.shape[0],), -1, dtype=torch.long, device=p.device)
+        self.position[state["rows"]] = torch.arange(len(state["rows"]), device=p.device)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.state["rows"]
+
+    @property
+    def avg(self) -> torch.Tensor:
+        return self.state["row_avg"]
+
+    @property
+    def avg_sq(self) -> torch.Tensor:
+        return self.state["row_avg_sq"]
+
+    @property
+    def step(self) -> torch.Tensor:
+        return self.state["step"]
+
+    def add(self, rows: torch.Tensor) -> torch.Tensor:
+        """Record ``rows`` (unique) as touched; their positions among all touched rows."""
+        new = rows[self.position[rows] < 0]
+        if new.numel():
+            n = len(self.rows)
+            self.position[new] = torch.arange(n, n + len(new), device=rows.device)
+            self.state["rows"] = torch.cat([self.rows, new])
+        return self.position[rows]
+
+    @staticmethod
+    def expanded(state: dict, p: torch.Tensor) -> dict:
+        """``state`` as AdamW's: ``step`` and full-table moments."""
+        rows, n = state["rows"], len(state["rows"])
+        out = {"step": state["step"]}
+        for name, packed in (("exp_avg", state["row_avg"]), ("exp_avg_sq", state["row_avg_sq"])):
+            out[name] = torch.zeros_like(p).index_copy_(0, rows, packed[:n])
+        return out
+
+
+def _adamw(
+    weights: torch.Tensor,
+    grad: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step: torch.Tensor,
+    group: dict,
+    weight_decay: float,
+) -> None:
+    """One fused AdamW step of ``weights`` and their moments, in place (``step`` counted up)."""
+    beta1, beta2 = group["betas"]
+    adam(
+        [weights],
+        [grad],
+        [m],
+        [v],
+        [],
+        [step],
+        fused=True,
+        decoupled_weight_decay=True,
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=weight_decay,
+        eps=group["eps"],
+        maximize=False,
+    )
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:

@@ -4,6 +4,7 @@ embedding table trained by rows gives the rows a batch has AdamW's own update.""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from distilnas.distill.config import DistillSettings
 from distilnas.distill.data import collate
 from distilnas.distill.distiller import Distiller, LiveTeacher
 from distilnas.distill.dropout import FastDropout, dropout, keep_mask, use_fast_dropout
-from distilnas.distill.optim import RowAdamW, adamw, clip_grad_norm
+from distilnas.distill.optim import TableAdamW, adamw, clip_grad_norm
 from distilnas.distill.utils import keep_freed_memory, native_bf16, uses_bf16
 
 
@@ -133,13 +134,17 @@ def _table_and_grads(rows: list[list[int]], sparse: bool) -> tuple[nn.Embedding,
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_row_adamw_gives_seen_rows_adamw_s_update_and_leaves_the_others(decay: float) -> None:
+def test_lazy_table_adamw_gives_seen_rows_adamw_s_update_and_leaves_the_others(decay: float) -> None:
     batches = [[0, 3, 3, 7], [0, 3, 7, 7], [3, 0, 7, 0]]  # rows 0, 3, 7 in every batch, repeats summed
     results = {}
     for sparse in (False, True):
         table, targets = _table_and_grads(batches, sparse)
         start = table.weight.detach().clone()
-        opt = RowAdamW(table.parameters(), 1e-2, decay) if sparse else adamw(table.parameters(), 1e-2, decay)
+        opt = (
+            TableAdamW(table.parameters(), 1e-2, decay, lazy=True)
+            if sparse
+            else adamw(table.parameters(), 1e-2, decay)
+        )
         for rows, target in zip(batches, targets, strict=True):
             F.mse_loss(table(torch.tensor(rows)), target).backward()
             clip_grad_norm(list(table.parameters()), 1e9)
@@ -153,12 +158,79 @@ def test_row_adamw_gives_seen_rows_adamw_s_update_and_leaves_the_others(decay: f
     assert torch.equal(rows_w[unseen], start_r[unseen])  # not decayed, not moved
     if decay:
         assert not torch.equal(dense[unseen], start[unseen])  # dense AdamW decays them
-    state = opt.state[next(iter(opt.state))]
+    state = opt.state_dict()["state"][0]
     assert float(state["step"]) == 3 and torch.count_nonzero(state["exp_avg"][unseen]) == 0
-    # the state travels in state_dict as AdamW's does
-    again = RowAdamW(nn.Embedding(12, 5, sparse=True).parameters(), 1e-2, decay)
-    again.load_state_dict(opt.state_dict())
-    assert torch.equal(next(iter(again.state.values()))["exp_avg_sq"], state["exp_avg_sq"])
+
+
+def _train_table(
+    sparse: bool, steps: int, reload_at: int | None = None, decay: float = 0.1
+) -> tuple[torch.Tensor, dict]:
+    """A 50-row table trained on random rows of its first 40 (rows come for the first time late, rows
+    leave batches) with decay, clipping that bites and a falling learning rate; densely with fused
+    AdamW, or from a sparse gradient with TableAdamW (reloaded from its state_dict at ``reload_at``)."""
+    torch.manual_seed(1)
+    table = nn.Embedding(50, 8, sparse=sparse)
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, 40, (12,), generator=gen), torch.randn(12, 8, generator=gen)) for _ in range(steps)
+    ]
+
+    def make() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        opt = (
+            TableAdamW(table.parameters(), 1e-2, decay) if sparse else adamw(table.parameters(), 1e-2, decay)
+        )
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / 40)
+
+    opt, schedule = make()
+    for i, (rows, target) in enumerate(batches):
+        if i == reload_at:  # as a checkpoint's resume does: new objects, then the saved states
+            saved = opt.state_dict(), schedule.state_dict()
+            opt, schedule = make()
+            opt.load_state_dict(saved[0])
+            schedule.load_state_dict(saved[1])
+        F.mse_loss(table(rows), target).backward()
+        clip_grad_norm(list(table.parameters()), 0.05)
+        opt.step()
+        schedule.step()
+        opt.zero_grad(set_to_none=True)
+    return table.weight.detach(), opt.state_dict()["state"][0]
+
+
+def test_exact_table_adamw_is_adamw_on_every_row() -> None:
+    """Every row gets dense AdamW's update: the touched ones the full step, the never-touched ones (40
+    to 49) their weight decay. Only summation order may differ (fp32 rounding: here it is none)."""
+    (dense, dense_state), (rows, rows_state) = _train_table(False, 30), _train_table(True, 30)
+    torch.testing.assert_close(rows, dense, rtol=1e-6, atol=1e-7)
+    for name in ("exp_avg", "exp_avg_sq"):  # written as AdamW's full tables, in row order
+        torch.testing.assert_close(rows_state[name], dense_state[name], rtol=1e-6, atol=1e-9)
+    assert float(rows_state["step"]) == float(dense_state["step"]) == 30
+    start = nn.Embedding(50, 8).weight.detach() if torch.manual_seed(1) else None
+    assert start is not None and not torch.equal(rows[40:], start[40:])  # decayed, as AdamW decays them
+    torch.testing.assert_close(rows[40:], start[40:] * math.prod(1 - 1e-3 * (1 - s / 40) for s in range(30)))
+
+
+def test_exact_table_adamw_resumes_bit_identically_and_takes_a_dense_adamw_state() -> None:
+    whole, whole_state = _train_table(True, 30)
+    resumed, resumed_state = _train_table(True, 30, reload_at=13)
+    assert torch.equal(resumed, whole)
+    assert all(torch.equal(resumed_state[k], whole_state[k]) for k in whole_state)
+    # a dense AdamW's state (a checkpoint of the code before) continues as it would have
+    torch.manual_seed(1)
+    table = nn.Embedding(50, 8, sparse=True)
+    dense = adamw([nn.Parameter(table.weight.detach().clone())], 1e-2, 0.1)
+    dense.param_groups[0]["params"][0].grad = torch.ones(50, 8) * (torch.arange(50) < 5).view(-1, 1)
+    dense.step()
+    exact = TableAdamW(table.parameters(), 1e-2, 0.1)
+    exact.load_state_dict(copy.deepcopy(dense.state_dict()))  # as from a file: no shared step
+    table.weight.data.copy_(dense.param_groups[0]["params"][0].detach())
+    table(torch.tensor([7])).sum().backward()
+    exact.step()
+    dense.param_groups[0]["params"][0].grad = torch.zeros(50, 8)
+    dense.param_groups[0]["params"][0].grad[7] = 1
+    dense.step()
+    torch.testing.assert_close(table.weight.detach(), dense.param_groups[0]["params"][0].detach())
+    state = exact.state_dict()["state"][0]
+    assert torch.count_nonzero(state["exp_avg"].any(1)) == 6  # rows 0-4 keep their moments, 7 joins
 
 
 def test_clipping_counts_a_sparse_gradient_as_its_dense_one() -> None:
@@ -177,16 +249,42 @@ def test_clipping_counts_a_sparse_gradient_as_its_dense_one() -> None:
     assert total.item() == pytest.approx(0.5, rel=1e-5)
 
 
-def test_rows_updates_need_a_plain_table_and_a_dense_run_makes_it_dense_again(tiny_teacher) -> None:  # type: ignore[no-untyped-def]
+def test_a_plain_table_is_trained_by_rows_on_cpu_and_rows_updates_need_one(tiny_teacher) -> None:  # type: ignore[no-untyped-def]
     from distilnas.distill.errors import UserError
     from distilnas.distill.factorised import factorised
 
     plain = build_student(BertShape(2, 32, 2, 64), tiny_teacher, "random", seed=0)
     rows = DistillSettings(embedding_updates="rows", relation_heads=4)
     d = Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], rows)
-    assert plain.get_input_embeddings().sparse and isinstance(d.optimizer(), RowAdamW)
-    Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
-    assert not plain.get_input_embeddings().sparse
+    assert plain.get_input_embeddings().sparse and d.optimizer().lazy
+    d = Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
+    exact = d.optimizer()
+    assert plain.get_input_embeddings().sparse and isinstance(exact, TableAdamW) and not exact.lazy
     narrow = factorised(build_student(BertShape(2, 32, 2, 64), tiny_teacher, "random", seed=0), 8)
+    d = Distiller(narrow, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
+    assert not isinstance(d.optimizer(), TableAdamW)  # its table is no nn.Embedding: a dense gradient
     with pytest.raises(UserError, match="embedding_updates: rows needs a plain word-embedding table"):
         Distiller(narrow, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], rows)
+
+
+def test_a_distillation_by_table_rows_follows_the_dense_loss_curve(tiny_teacher, sentences) -> None:  # type: ignore[no-untyped-def]
+    """The exact rows update changes no value beyond fp32 summation order: twelve steps of a distiller
+    (dropout, decay, clipping) give the dense gradient's losses to 1e-5 and its weights to 1e-5."""
+    losses = {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}
+    settings = DistillSettings(losses=losses, precision="fp32", lr=1e-3, max_grad_norm=0.5)
+    runs = []
+    for sparse in (True, False):
+        student = build_student(BertShape(2, 64, 4, 128), tiny_teacher, "random", seed=0)
+        d = Distiller(student, LiveTeacher(tiny_teacher), [(0, 0), (1, 2), (2, 4)], settings)
+        student.get_input_embeddings().sparse = sparse  # False: the dense gradient and fused AdamW
+        opt = d.optimizer()
+        assert isinstance(opt, TableAdamW) == sparse
+        torch.manual_seed(0)
+        curve = []
+        for start in range(0, 48, 4):
+            rows = [(start + i) % len(sentences) for i in range(8)]
+            curve.append(d.train_step(rows, collate([sentences[i] for i in rows]), opt)[0])
+        runs.append((curve, student.get_input_embeddings().weight.detach().clone()))
+    (curve, table), (dense_curve, dense_table) = runs
+    assert curve == pytest.approx(dense_curve, rel=1e-5)
+    torch.testing.assert_close(table, dense_table, rtol=1e-5, atol=1e-5)
