@@ -11,7 +11,8 @@ gradient clipping at 1. Each step is timed from the batch to the zeroed gradient
   DataLoader with a padding collator, as TextBrewer's examples have it);
 - TextBrewer on distilnas' length-bucketed batches (identical batches from here on);
 - distilnas with the live teacher, and with the teacher-output cache, at its default settings
-  (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the cache with a dense
+  (precision ``auto``: bf16 autocast where the CPU or GPU has native bf16); the live teacher with its
+  fp32 linear layers cast by autocast at every call (as before it kept a bf16 copy); the cache with a dense
   word-embedding gradient and fused AdamW over the whole table (``dense`` as it was computed before
   :class:`~distilnas.distill.optim.TableAdamW`); the cache at fp32; the cache with
   ``embedding_updates: rows``. A tree without a setting (the code before a change) skips its column.
@@ -21,7 +22,8 @@ for the whole process), so TextBrewer here runs with it too: faster than in a pr
 this bench from a tree before that change to see it), which makes the ratios below conservative.
 
 Runners alternate round by round (``--rounds``, each ``--steps`` steps, after ``--warmup`` untimed
-steps), so a slow spell of this shared machine falls on all of them; figures are medians. A second
+steps), in reversed order every other round, so a slow spell of this shared machine, or a runner's
+place after another, falls on all of them; figures are medians. A second
 table gives each step's achieved GFLOP/s (FLOPs from torch's FLOP counter over forward and backward)
 against the machine's fp32 (and, for runners in bf16, bf16) matmul rate measured in the same run, and
 the share of a cached step spent reading the cache.
@@ -180,6 +182,16 @@ class TimedCache(CachedTeacher):
         return out[0]
 
 
+LIVE_CASTING = "live, linears cast per call"
+
+
+class CastingLiveTeacher(LiveTeacher):
+    """The live teacher as before its linear layers were kept in bf16: autocast casts them every call."""
+
+    def _runnable(self):  # type: ignore[no-untyped-def]
+        return self.model
+
+
 class DistilnasRunner(Runner):
     def __init__(self, name: str, distiller: Distiller) -> None:
         self.name = name
@@ -247,6 +259,7 @@ def main() -> None:
 
     distilnas = {
         "live": {},
+        LIVE_CASTING: {},
         "cache": {},
         DENSE_TABLE: {},
         "cache fp32": {"precision": "fp32"},
@@ -299,6 +312,8 @@ def main() -> None:
             source = (
                 LiveTeacher(teacher)
                 if key == "live"
+                else CastingLiveTeacher(teacher)
+                if key == LIVE_CASTING
                 else timed_cache
                 if key == "cache"
                 else CachedTeacher(cache)
@@ -320,7 +335,7 @@ def main() -> None:
         timed_cache.ms.clear()
         for r in range(args.rounds):
             lo = args.warmup + r * args.steps
-            for runner, batches in runners:
+            for runner, batches in runners if r % 2 == 0 else runners[::-1]:  # no runner always first
                 times[runner.name] += [step_of(runner, rows) for rows in batches[lo : lo + args.steps]]
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         times_table.add_row(

@@ -117,6 +117,23 @@ def test_bf16_loss_is_within_its_tolerance_of_fp32_and_keys_its_checkpoints(tiny
     assert k16 != k32
 
 
+def test_a_live_teacher_under_bf16_autocast_gives_autocast_s_own_outputs(tiny_teacher, sentences) -> None:  # type: ignore[no-untyped-def]
+    """Its linear layers cast to bf16 once give, bit for bit, what autocast's casts at every call give;
+    the teacher itself keeps its fp32 weights, and outside autocast it runs as it is."""
+    live = LiveTeacher(tiny_teacher)
+    batch = collate([sentences[i] for i in range(8)])
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = tiny_teacher(**inputs, output_hidden_states=True).hidden_states
+        views = live.views(list(range(8)), batch, [0, 2, 4], [2])
+    assert all(torch.equal(views.hidden[i], expected[i].float()) for i in (0, 2, 4))
+    assert live._bf16_linears is not None and live._bf16_linears is not tiny_teacher
+    assert all(p.dtype == torch.float32 for p in tiny_teacher.parameters())
+    with torch.no_grad():
+        plain = tiny_teacher(**inputs, output_hidden_states=True).hidden_states[4]
+    assert torch.equal(live.views(list(range(8)), batch, [4], []).hidden[4], plain)
+
+
 def test_freed_memory_is_kept_on_glibc() -> None:
     import platform
 
