@@ -321,6 +321,7 @@ class Distiller:
         sampler = LengthBucketBatches(packed.lengths, s.batch_size, shuffle=True, seed=s.seed)
         per_epoch = len(sampler)
         total = s.steps or max(1, math.ceil(s.epochs * per_epoch))
+        self._embedding_gradient()  # again: a fit before on this student left the table dense
         optimizer = self.optimizer()
         scheduler = get_linear_schedule_with_warmup(optimizer, int(s.warmup_ratio * total), total)
         seed_everything(s.seed)
@@ -360,7 +361,15 @@ class Distiller:
             epoch += 1
         bar.close()
         self.student.eval()
+        self._dense_table()
         return DistillResult(step, running, parts, time.perf_counter() - start, resumed_from)
+
+    def _dense_table(self) -> None:
+        """The student leaves :meth:`fit` with a dense word-embedding gradient, as transformers builds
+        it: another trainer of it (fine-tuning with torch's AdamW) takes no sparse gradient."""
+        table = self.student.get_input_embeddings()
+        if type(table) is nn.Embedding:
+            table.sparse = False
 
     def run_key(self, data: Dataset | PackedRows) -> str:
         """What a checkpoint must match to be resumed: the settings, the pairs, the rows trained on, the

@@ -62,6 +62,9 @@ class TableAdamW(torch.optim.AdamW):
                 if p.grad is not None and p.grad.is_sparse:
                     self._table_step(p, group)
                     p.grad = None  # the fused step below skips it
+                elif p.grad is not None and "rows" in self.state[p]:  # dense now: AdamW's own state
+                    self.state[p] = _Rows.expanded(self.state[p], p)
+                    self._tables.pop(p, None)
         return super().step(closure)
 
     def state_dict(self) -> dict:

@@ -250,6 +250,24 @@ def test_exact_table_adamw_resumes_bit_identically_and_takes_a_dense_adamw_state
     assert torch.count_nonzero(state["exp_avg"].any(1)) == 6  # rows 0-4 keep their moments, 7 joins
 
 
+def test_a_dense_gradient_after_sparse_ones_continues_as_dense_adamw() -> None:
+    """A table trained by rows, then densely (a student handed on), follows dense AdamW throughout."""
+    results = []
+    for switch in (True, False):
+        torch.manual_seed(1)
+        table = nn.Embedding(20, 4, sparse=switch)
+        opt = TableAdamW(table.parameters(), 1e-2, 0.1)
+        for step in range(8):
+            table.sparse = switch and step < 4
+            F.mse_loss(table(torch.tensor([step % 5, 7])), torch.ones(2, 4)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        results.append((table.weight.detach(), opt.state_dict()["state"][0]))
+    (switched, state), (dense, dense_state) = results
+    torch.testing.assert_close(switched, dense, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(state["exp_avg_sq"], dense_state["exp_avg_sq"], rtol=1e-6, atol=1e-10)
+
+
 def test_clipping_counts_a_sparse_gradient_as_its_dense_one() -> None:
     norms, grads = {}, {}
     for sparse in (False, True):
@@ -266,7 +284,7 @@ def test_clipping_counts_a_sparse_gradient_as_its_dense_one() -> None:
     assert total.item() == pytest.approx(0.5, rel=1e-5)
 
 
-def test_a_plain_table_is_trained_by_rows_on_cpu_and_rows_updates_need_one(tiny_teacher) -> None:  # type: ignore[no-untyped-def]
+def test_a_plain_table_is_trained_by_rows_on_cpu_and_rows_updates_need_one(tiny_teacher, sentences) -> None:  # type: ignore[no-untyped-def]
     from distilnas.distill.errors import UserError
     from distilnas.distill.factorised import factorised
 
@@ -277,6 +295,10 @@ def test_a_plain_table_is_trained_by_rows_on_cpu_and_rows_updates_need_one(tiny_
     d = Distiller(plain, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
     exact = d.optimizer()
     assert plain.get_input_embeddings().sparse and isinstance(exact, TableAdamW) and not exact.lazy
+    d.fit(sentences, stop_after=2)  # leaves the table dense for another trainer; a fit sets it again
+    assert not plain.get_input_embeddings().sparse
+    d.fit(sentences, stop_after=1)
+    assert not plain.get_input_embeddings().sparse
     narrow = factorised(build_student(BertShape(2, 32, 2, 64), tiny_teacher, "random", seed=0), 8)
     d = Distiller(narrow, LiveTeacher(tiny_teacher), [(0, 0), (1, 2)], DistillSettings(relation_heads=4))
     assert not isinstance(d.optimizer(), TableAdamW)  # its table is no nn.Embedding: a dense gradient
