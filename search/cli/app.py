@@ -78,6 +78,9 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
     logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
     for chatty in ("choreographer", "kaleido", "logistro"):  # the report's PNG export
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # choreographer logs a garbled message from Chrome, which it then ignores, as an ERROR with a
+    # traceback; an export that fails raises, and the report says so
+    logging.getLogger("choreographer.channels").setLevel(logging.CRITICAL)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
