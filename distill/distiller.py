@@ -93,9 +93,10 @@ class LiveTeacher:
         if not torch.is_autocast_enabled(device) or torch.get_autocast_dtype(device) != torch.bfloat16:
             return self.model
         if self._bf16_linears is None:
-            self._bf16_linears = copy.deepcopy(self.model)
-            for module in self._bf16_linears.modules():
-                if isinstance(module, nn.Linear):
+            model = self._bf16_linears = copy.deepcopy(self.model)
+            table = model.get_input_embeddings().weight  # a head tied to it stays fp32, as the lookup
+            for module in model.modules():
+                if isinstance(module, nn.Linear) and module.weight is not table:
                     module.to(torch.bfloat16)
         return self._bf16_linears
 

@@ -134,6 +134,28 @@ def test_a_live_teacher_under_bf16_autocast_gives_autocast_s_own_outputs(tiny_te
     assert torch.equal(live.views(list(range(8)), batch, [4], []).hidden[4], plain)
 
 
+def test_a_live_teacher_s_head_tied_to_its_table_keeps_the_table_fp32(sentences) -> None:  # type: ignore[no-untyped-def]
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    teacher = BertForMaskedLM(cfg).eval()  # its decoder's weight is the word-embedding table
+    assert teacher.cls.predictions.decoder.weight is teacher.get_input_embeddings().weight
+    live = LiveTeacher(teacher)
+    batch = collate([sentences[i] for i in range(4)])
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = teacher(**inputs, output_hidden_states=True).hidden_states
+        views = live.views(list(range(4)), batch, [0, 2], [])
+    assert torch.equal(views.hidden[0], expected[0].float()) and torch.equal(
+        views.hidden[2], expected[2].float()
+    )
+    assert live._bf16_linears is not None
+    assert live._bf16_linears.get_input_embeddings().weight.dtype == torch.float32
+
+
 def test_freed_memory_is_kept_on_glibc() -> None:
     import platform
 
