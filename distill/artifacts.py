@@ -23,7 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from distilnas.distill.errors import UserError
-from distilnas.distill.remote import Remote, is_uri
+from distilnas.distill.remote import Remote, is_uri, shown
 from distilnas.distill.utils import atomic_dir
 
 COMPLETE = ".distilnas-complete"
@@ -104,8 +104,9 @@ class Shelf:
             return str(folder)
         place = self.place(path)
         if not self.on_shelf(place):
-            shown = Remote(place).base if is_uri(place) else place
-            raise UserError(f"{shown}: the run storage lacks {path.name}, which trials read (published?)")
+            raise UserError(
+                f"{shown(place)}: the run storage lacks {path.name}, which trials read (published?)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not path.is_dir():

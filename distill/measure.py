@@ -169,9 +169,11 @@ def round_robin(
 
 def timed(model: nn.Module, latency: LatencyConfig) -> dict[str, Any]:
     """Parameters and latency of ``model`` at the ``final.latency`` setting (its threads, then back)."""
-    lat, device = latency, serving_device(latency)
-    with torch_threads(lat.threads):
-        result = measure_latency(model, lat.batch_size, lat.seq_len, repeats=lat.repeats, device=device)
+    device = serving_device(latency)
+    with torch_threads(latency.threads):
+        result = measure_latency(
+            model, latency.batch_size, latency.seq_len, repeats=latency.repeats, device=device
+        )
     return {"params": count_parameters(model), "latency": result.as_dict()}
 
 

@@ -11,7 +11,7 @@ zeros for the whole table, and clipping and AdamW pass over all of it. With a sp
   the full update in one fused AdamW call, their moments kept packed. Only the summation order may
   differ from a dense step (fp32 rounding; ``tests/distill/test_step_speed.py`` states the tolerance).
   On a GPU the distiller keeps the dense gradient: its step is bound by kernel launches, which the
-  rows' bookkeeping would add to.
+  rows' bookkeeping would add to (not measured on a GPU yet).
 - lazy (``embedding_updates: rows``): only the rows in the batch are updated, as TensorFlow's LazyAdam
   does: their weights and moments wait, undecayed, until a batch has them. That is a change of what is
   learned, so it is a setting, checked on dev scores by seed (``bench/step_quality.py``).
@@ -108,7 +108,8 @@ class _Rows:
     """A table's AdamW state by rows: the rows touched so far (some batch has had them), in the order
     they came, and their moments packed in that order (row i of ``avg`` is ``rows[i]``'s); a row never
     touched has zero moments. Lives in the optimizer's state as ``step``, ``rows``, ``row_avg`` and
-    ``row_avg_sq``; a loaded AdamW state (full ``exp_avg`` tables) is packed at its first step."""
+    ``row_avg_sq`` (the attributes here are the same tensors); a loaded AdamW state (full ``exp_avg``
+    tables) is packed at its first step."""
 
     def __init__(self, state: dict, p: torch.Tensor) -> None:
         if "rows" not in state:
@@ -123,24 +124,10 @@ class _Rows:
                 state["row_avg"][: len(rows)] = m[rows]
                 state["row_avg_sq"][: len(rows)] = v[rows]
         self.state = state
+        self.rows: torch.Tensor = state["rows"]
+        self.avg, self.avg_sq, self.step = state["row_avg"], state["row_avg_sq"], state["step"]
         self.position = torch.full((p.shape[0],), -1, dtype=torch.long, device=p.device)
-        self.position[state["rows"]] = torch.arange(len(state["rows"]), device=p.device)
-
-    @property
-    def rows(self) -> torch.Tensor:
-        return self.state["rows"]
-
-    @property
-    def avg(self) -> torch.Tensor:
-        return self.state["row_avg"]
-
-    @property
-    def avg_sq(self) -> torch.Tensor:
-        return self.state["row_avg_sq"]
-
-    @property
-    def step(self) -> torch.Tensor:
-        return self.state["step"]
+        self.position[self.rows] = torch.arange(len(self.rows), device=p.device)
 
     def add(self, rows: torch.Tensor) -> torch.Tensor:
         """Record ``rows`` (unique) as touched; their positions among all touched rows."""
@@ -148,7 +135,7 @@ class _Rows:
         if new.numel():
             n = len(self.rows)
             self.position[new] = torch.arange(n, n + len(new), device=rows.device)
-            self.state["rows"] = torch.cat([self.rows, new])
+            self.rows = self.state["rows"] = torch.cat([self.rows, new])
         return self.position[rows]
 
     @staticmethod

@@ -23,6 +23,17 @@ def is_uri(text: object) -> bool:
     return isinstance(text, str) and bool(SCHEME.match(text))
 
 
+def located(place: str | Path) -> Path | Remote:
+    """A file or folder by local path or by URI; both answer ``/``, ``read_text``, ``write_text`` and
+    ``unlink``."""
+    return Remote(str(place)) if is_uri(place) else Path(place)
+
+
+def shown(place: str | Path) -> str:
+    """``place`` as a person reads it (a URI without its query)."""
+    return Remote(str(place)).base if is_uri(place) else str(place)
+
+
 @dataclass(frozen=True)
 class Remote:
     """A file or folder at ``uri`` (its query, if any, configures the filesystem and is kept by
@@ -69,14 +80,14 @@ class Remote:
     def write_text(self, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(text.encode(encoding))
 
-    def delete(self) -> None:
-        """Remove the file or folder (nothing when it is missing)."""
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Remove the file, as ``Path.unlink`` does (so a probe or a synced file is removed alike from a
+        folder or a URI)."""
         fs, path = self.open()
-        kind = fs.get_file_info(path).type
-        if kind == pafs.FileType.Directory:
-            fs.delete_dir(path)
-        elif kind == pafs.FileType.File:
+        if fs.get_file_info(path).type == pafs.FileType.File:
             fs.delete_file(path)
+        elif not missing_ok:
+            raise FileNotFoundError(f"{self.base}: no such file")
 
     def files(self) -> dict[str, tuple[int, int]]:
         """Every file under the folder: relative path -> (size, modification time in ns; 0 where the

@@ -96,7 +96,7 @@ class Mirror:
             for rel in sent:
                 seen[rel] = [here[rel][0], there[rel][1], here[rel][1]]
             for rel in [r for r in seen if r not in here]:  # removed here (a replaced checkpoint, say)
-                self.remote.child(rel).delete()
+                self.remote.child(rel).unlink(missing_ok=True)
                 del seen[rel]
         except OSError as exc:
             raise UserError(

@@ -66,7 +66,7 @@ def run_folder(cfg: RunConfig) -> None:
         probe = remote / f".distilnas-probe-{uuid.uuid4().hex}"
         try:
             probe.write_text("")
-            probe.delete()
+            probe.unlink()
         except OSError as exc:
             reason = str(exc).splitlines()[0]
             raise UserError(f"output_dir {remote.base}: cannot write there ({reason})") from None
@@ -166,8 +166,7 @@ def ray_up(cfg: RunConfig, address: str | None) -> None:
     write its own cache."""
     address = address or cfg.ray.address
     ray_reachable(address)
-    if not address:  # Ray here would have this machine's GPUs
-        enough_gpus(cfg.ray.gpus_per_trial, torch.cuda.device_count(), "this machine")
+    gpus_here(cfg, address)
     start_ray(cfg.ray, address)
     if address:
         enough_gpus(cfg.ray.gpus_per_trial, ray.cluster_resources().get("GPU", 0), "the Ray cluster")
@@ -177,6 +176,12 @@ def ray_up(cfg: RunConfig, address: str | None) -> None:
             readable["teacher.name"] = teacher
         run_storage = cfg.run_storage or cfg.output_dir
         check_nodes({"output_dir": run_storage}, readable, {"data.cache_dir": cfg.cache_dir})
+
+
+def gpus_here(cfg: RunConfig, address: str | None) -> None:
+    """Without a cluster's address Ray starts here, with this machine's GPUs."""
+    if not address:
+        enough_gpus(cfg.ray.gpus_per_trial, torch.cuda.device_count(), "this machine")
 
 
 def enough_gpus(per_trial: float, gpus: float, where: str) -> None:
@@ -392,8 +397,7 @@ def check_supernet_search(cfg: RunConfig, resume: bool, address: str | None) -> 
     storage(cfg.storage.url)
     disk(cfg, tcfg, [cache])
     ray_reachable(address or cfg.ray.address)  # Ray starts after the latency table is timed, not beside it
-    if not (address or cfg.ray.address):
-        enough_gpus(cfg.ray.gpus_per_trial, torch.cuda.device_count(), "this machine")
+    gpus_here(cfg, address or cfg.ray.address)
 
 
 def check_run(cfg: RunConfig, resume: bool, address: str | None) -> None:

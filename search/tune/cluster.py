@@ -12,7 +12,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distilnas.distill.errors import UserError
-from distilnas.distill.remote import Remote, is_uri
+from distilnas.distill.remote import Remote, is_uri, located, shown
 from distilnas.search.config import RayConfig
 
 PROBE_SECONDS = 120.0
@@ -137,19 +137,18 @@ def look(
         except OSError as exc:
             return f"cannot write in {probe.parent} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, token) in writable.items():
-        place: Path | Remote = Remote(folder) if is_uri(folder) else Path(folder)
-        shown = Remote(folder).base if is_uri(folder) else folder
+        place, name = located(folder), shown(folder)
         seen, reason = "", ""
         try:
             seen = (place / f".distilnas-probe-{token}").read_text(encoding="utf-8")
         except OSError as exc:
             reason = f"; {str(exc).splitlines()[0]}" if is_uri(folder) else ""
         if seen != token:
-            return f"does not see {field} {shown} (the driver's probe file there is missing{reason})", field
+            return f"does not see {field} {name} (the driver's probe file there is missing{reason})", field
         try:
             (place / f".distilnas-probe-{token}-{node}").write_text(token, encoding="utf-8")
         except OSError as exc:
-            return f"cannot write in {field} {shown} ({type(exc).__name__}: {exc.strerror or exc})", field
+            return f"cannot write in {field} {name} ({type(exc).__name__}: {exc.strerror or exc})", field
     for field, (folder, driver) in readable.items():
         try:
             here = [tuple(x) for x in listing(Path(folder))]
@@ -170,7 +169,7 @@ def check_nodes(
     files are removed."""
     own = {field: str(path.resolve()) for field, path in (local or {}).items()}
     token = uuid.uuid4().hex
-    folders = {f: Remote(str(p)) if is_uri(p) else anchor(Path(p)) for f, p in writable.items()}
+    folders = {f: located(p) if is_uri(p) else anchor(Path(p)) for f, p in writable.items()}
     nodes = [n for n in ray.nodes() if n["Alive"]]
     try:
         for folder in folders.values():
@@ -226,7 +225,4 @@ def check_nodes(
         names = [f".distilnas-probe-{token}", *(f".distilnas-probe-{token}-{n['NodeID']}" for n in nodes)]
         for folder in folders.values():
             for name in names:
-                if isinstance(folder, Remote):
-                    (folder / name).delete()
-                else:
-                    (folder / name).unlink(missing_ok=True)
+                (folder / name).unlink(missing_ok=True)

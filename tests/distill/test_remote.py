@@ -45,8 +45,10 @@ def test_files_and_folders_round_trip(s3_folder: str, tmp_path: Path) -> None:
     assert files["folder/data.bin"][0] == 3000 and files["notes/a.txt"][0] == len("héllo".encode())
     (remote / "folder").download(tmp_path / "back")
     assert tree(tmp_path / "back") == tree(src)
-    (remote / "notes" / "a.txt").delete()
-    (remote / "gone").delete()  # nothing there: nothing happens
+    (remote / "notes" / "a.txt").unlink()
+    (remote / "gone").unlink(missing_ok=True)  # nothing there: nothing happens
+    with pytest.raises(FileNotFoundError, match="gone: no such file"):
+        (remote / "gone").unlink()
     assert set(remote.files()) == {"folder/data.bin", "folder/sub/state.json"}
 
 

@@ -63,7 +63,7 @@ def test_push_and_pull_move_what_changed_and_mirror_removals(s3_folder: str, tmp
         "final/ray/trial.json": b"{}",
     }
     (remote / "config.json").write_text('{"hash": "bc"}')  # told by size and time (S3 keeps seconds)
-    (remote / "final" / "ray" / "trial.json").delete()
+    (remote / "final" / "ray" / "trial.json").unlink()
     assert other.pull() == 1
     assert tree(tmp_path / "other") == {
         "config.json": b'{"hash": "bc"}',
