@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import CORPUS, GLUE, Cli, save_tiny_bert
 
@@ -126,6 +127,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 Case = Callable[[World], list[str | Path]]
+GPUS = torch.cuda.device_count()
+"""This machine's GPUs (a trial asking one more is refused)."""
 JOINT = {"layers": [1], "hidden": [TEACHER_HIDDEN], "heads": [2], "intermediate": [16]}  # a valid joint space
 CASES: dict[str, tuple[Case, str]] = {
     # config fields and types
@@ -570,13 +573,9 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda w: ["run", w.config_with("g1.yaml", ray={"gpus_per_trial": 1.5})],
         "ray.gpus_per_trial: 1.5: a trial shares one GPU (a fraction up to 1) or holds whole GPUs",
     ),
-    "GPU trials on a Ray without GPUs": (
-        lambda w: ["run", w.config_with("g2.yaml", ray={"gpus_per_trial": 0.5})],
-        "ray.gpus_per_trial: 0.5, but this machine has 0 GPUs; use 0 to run the trials on CPUs",
-    ),
-    "students timed on CUDA where there is none": (
-        lambda w: ["run", w.config_with("cu.yaml", final__latency={"device": "cuda"})],
-        "final.latency.device: cuda, but this machine has no CUDA device",
+    "more GPUs per trial than this machine has": (
+        lambda w: ["run", w.config_with("g2.yaml", ray={"gpus_per_trial": GPUS + 1})],
+        f"ray.gpus_per_trial: {GPUS + 1}, but this machine has {GPUS} GPUs; use 0 to run the trials on CPUs",
     ),
     "a PostgreSQL server that does not answer (its password hidden)": (
         lambda w: ["run", w.config_with("pg.yaml", storage={"url": "postgresql://u:secret@127.0.0.1:1/x"})],
@@ -587,6 +586,11 @@ CASES: dict[str, tuple[Case, str]] = {
         "storage.url",
     ),
 }
+if not torch.cuda.is_available():  # (with CUDA here, timing on it is allowed)
+    CASES["students timed on CUDA where there is none"] = (
+        lambda w: ["run", w.config_with("cu.yaml", final__latency={"device": "cuda"})],
+        "final.latency.device: cuda, but this machine has no CUDA device",
+    )
 
 
 def snapshot(root: Path) -> dict[str, str]:
